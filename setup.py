@@ -1,0 +1,32 @@
+"""Packaging for pe-dense, an MMDetection 3.x / MMSegmentation 1.x plugin.
+
+mmcv 2.x has no wheels on PyPI: build it first (``tools/setup_env.sh`` does, and caches the
+wheel), or install a CUDA build from OpenMMLab's wheel index, then ``pip install -e .``.
+"""
+from setuptools import find_packages, setup
+
+setup(
+    name='pe-dense',
+    version='0.1.0',
+    description='Position encodings (absolute, PEG, LaPE, PVG, MPVG) for ViT-Adapter '
+    'in MMDetection 3.x and MMSegmentation 1.x',
+    long_description=open('README.md', encoding='utf-8').read(),
+    long_description_content_type='text/markdown',
+    packages=find_packages(include=['pe_dense', 'pe_dense.*']),
+    python_requires='>=3.9',
+    install_requires=[
+        'torch>=2.0',
+        'torchvision',
+        'mmengine==0.10.7',
+        'mmcv>=2.0.0rc4,<2.2.0',
+        'mmdet==3.3.0',
+        'mmsegmentation==1.2.2',
+        'timm>=0.9',
+        'pycocotools',
+        # mmseg imports these without declaring them.
+        'ftfy',
+        'regex',
+    ],
+    extras_require={'tests': ['pytest', 'ruff', 'matplotlib']},
+    zip_safe=False,
+)
