@@ -26,6 +26,8 @@ setup(
         # mmseg imports these without declaring them.
         'ftfy',
         'regex',
+        # mmengine imports pkg_resources at run time; setuptools 81 removed it.
+        'setuptools<81',
     ],
     extras_require={'tests': ['pytest', 'ruff', 'matplotlib']},
     zip_safe=False,

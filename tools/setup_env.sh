@@ -61,8 +61,8 @@ echo "[setup] using $("$PYV" --version) ($PYTAG) at $VENV"
 step 2 "torch $TORCH_VERSION and torchvision $TORCHVISION_VERSION"
 pipi "torch==$TORCH_VERSION" "torchvision==$TORCHVISION_VERSION"
 
-step 3 "build prerequisites (mmcv's setup.py needs pkg_resources: setuptools < 70)"
-pipi 'setuptools<70' wheel ninja psutil numpy packaging addict pyyaml yapf Pillow \
+step 3 "build prerequisites and mmengine $MMENGINE_VERSION"
+pipi wheel ninja psutil numpy packaging addict pyyaml yapf Pillow \
     opencv-python "mmengine==$MMENGINE_VERSION"
 
 step 4 "mmcv $MMCV_VERSION with compiled ops"
@@ -105,6 +105,8 @@ open(dest, 'wb').write(data)
 print(f'[setup] fetched {url} ({len(data) / 1e6:.1f} MB, sha256 ok)')
 PYEOF
         tar -xzf "$BUILD/mmcv-$MMCV_VERSION.tar.gz" -C "$BUILD"
+        # mmcv's setup.py imports pkg_resources, which setuptools 70 removed from its API surface.
+        pipi 'setuptools<70'
         SRC="$BUILD/mmcv-$MMCV_VERSION"
         # torch >= 2.10 headers need C++20; mmcv 2.1.0 hard-codes -std=c++17 for torch > 1.12.
         # Raise the flag in the recipe (a compiler flag given later on the command line wins).
@@ -135,7 +137,9 @@ PYEOF
 fi
 
 step 5 "mmdet $MMDET_VERSION, mmsegmentation $MMSEG_VERSION, timm, pycocotools, test tools"
+# mmengine imports pkg_resources at run time (removed from setuptools 81 on); torch wants >= 77.
 pipi "mmdet==$MMDET_VERSION" "mmsegmentation==$MMSEG_VERSION" timm pycocotools ftfy regex \
+    'setuptools<81' \
     pytest ruff matplotlib
 
 step 6 "pe_dense (editable)"

@@ -1,0 +1,5 @@
+from .modules import (ConvFFN, Extractor, InteractionBlock, Injector, SpatialPriorModule,
+                      maybe_checkpoint)
+
+__all__ = ['ConvFFN', 'Extractor', 'InteractionBlock', 'Injector', 'SpatialPriorModule',
+           'maybe_checkpoint']

@@ -1,0 +1,121 @@
+"""ViT blocks as ViT-Adapter uses them: pre-norm, layer scale, global or windowed attention, and an
+optional PE added to the attention input only (``x' = x + Attn(LN1(x) + pos)``).
+
+Parameter names follow DeiT/timm and the published ViT-Adapter (``norm1``, ``attn.qkv``,
+``attn.proj``, ``norm2``, ``mlp.fc1``, ``mlp.fc2``, ``gamma1``, ``gamma2``), so their checkpoints
+load one to one.
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from timm.layers import DropPath, Mlp
+from torch import Tensor, nn
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention over all tokens (``window_size=0``) or within non-overlapping
+    ``window_size`` x ``window_size`` windows of the token grid.
+
+    Windowed attention follows the published ViT-Adapter exactly: q, k and v are computed first,
+    then the grid is padded with zeros at the bottom and right to a multiple of the window, so
+    padded positions take part in the softmax with zero keys and values (no mask).
+
+    Args:
+        dim: channels C; num_heads: heads; qkv_bias: bias on the qkv projection.
+        window_size: 0 for global attention, else the window side in tokens.
+        fused: use ``F.scaled_dot_product_attention``; False computes softmax(q k^T / sqrt(d)) v
+            explicitly (the reference path, kept for tests).
+    """
+
+    def __init__(self, dim: int, num_heads: int, *, qkv_bias: bool = True, attn_drop: float = 0.0,
+                 proj_drop: float = 0.0, window_size: int = 0, fused: bool = True) -> None:
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f'dim {dim} must be divisible by num_heads {num_heads}')
+        self.num_heads = num_heads
+        self.head_dim = dim // num_heads
+        self.scale = self.head_dim ** -0.5
+        self.window_size = window_size
+        self.fused = fused
+        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
+        self.attn_drop = nn.Dropout(attn_drop)
+        self.proj = nn.Linear(dim, dim)
+        self.proj_drop = nn.Dropout(proj_drop)
+
+    def _attend(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+        """``(..., N, d)`` each -> ``(..., N, d)``."""
+        drop = self.attn_drop.p if self.training else 0.0
+        if self.fused:
+            return F.scaled_dot_product_attention(q, k, v, dropout_p=drop)
+        attn = (q * self.scale) @ k.transpose(-2, -1)
+        attn = self.attn_drop(attn.softmax(dim=-1))
+        return attn @ v
+
+    def forward(self, x: Tensor, grid: Tuple[int, int]) -> Tensor:
+        """``x``: ``(B, N, C)`` with ``N = H * W`` -> ``(B, N, C)``."""
+        b, n, c = x.shape
+        qkv = self.qkv(x)
+        if self.window_size:
+            out = self._windowed(qkv, grid)
+        else:
+            q, k, v = qkv.view(b, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+            out = self._attend(q, k, v).transpose(1, 2).reshape(b, n, c)
+        return self.proj_drop(self.proj(out))
+
+    def _windowed(self, qkv: Tensor, grid: Tuple[int, int]) -> Tensor:
+        b, n, c3 = qkv.shape
+        h, w = grid
+        ws = self.window_size
+        hp, wp = math.ceil(h / ws) * ws, math.ceil(w / ws) * ws
+        qkv = F.pad(qkv.view(b, h, w, c3), (0, 0, 0, wp - w, 0, hp - h))
+        nh, nw = hp // ws, wp // ws
+        # (B, nh, ws, nw, ws, 3, M, d) -> (3, B, nh, nw, M, ws*ws, d)
+        qkv = qkv.view(b, nh, ws, nw, ws, 3, self.num_heads, self.head_dim)
+        q, k, v = qkv.permute(5, 0, 1, 3, 6, 2, 4, 7).reshape(
+            3, b, nh, nw, self.num_heads, ws * ws, self.head_dim)
+        out = self._attend(q, k, v)  # (B, nh, nw, M, ws*ws, d)
+        out = out.view(b, nh, nw, self.num_heads, ws, ws, self.head_dim)
+        out = out.permute(0, 1, 4, 2, 5, 3, 6).reshape(b, hp, wp, c3 // 3)
+        return out[:, :h, :w].reshape(b, n, c3 // 3)
+
+    def extra_repr(self) -> str:
+        return f'num_heads={self.num_heads}, window_size={self.window_size}, fused={self.fused}'
+
+
+class Block(nn.Module):
+    """Pre-norm ViT block with layer scale:
+    ``x' = x + gamma1 * Attn(LN1(x) [+ pos])``, ``x'' = x' + gamma2 * MLP(LN2(x'))``.
+
+    ``pos`` (``(1, N, C)``), when given, enters the attention input only, never the residual stream
+    or the MLP.
+    """
+
+    def __init__(self, dim: int, num_heads: int, *, mlp_ratio: float = 4.0, qkv_bias: bool = True,
+                 drop: float = 0.0, attn_drop: float = 0.0, drop_path: float = 0.0,
+                 window_size: int = 0, layer_scale: bool = True, norm_eps: float = 1e-6,
+                 fused_attn: bool = True) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim, eps=norm_eps)
+        self.attn = Attention(dim, num_heads, qkv_bias=qkv_bias, attn_drop=attn_drop,
+                              proj_drop=drop, window_size=window_size, fused=fused_attn)
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+        self.norm2 = nn.LayerNorm(dim, eps=norm_eps)
+        self.mlp = Mlp(in_features=dim, hidden_features=int(dim * mlp_ratio), drop=drop)
+        self.layer_scale = layer_scale
+        if layer_scale:
+            self.gamma1 = nn.Parameter(torch.ones(dim))
+            self.gamma2 = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: Tensor, grid: Tuple[int, int], pos: Optional[Tensor] = None) -> Tensor:
+        """``x``: ``(B, N, C)``; ``pos``: ``(1, N, C)`` or None -> ``(B, N, C)``."""
+        y = self.norm1(x)
+        if pos is not None:
+            y = y + pos
+        y = self.attn(y, grid)
+        x = x + self.drop_path(self.gamma1 * y if self.layer_scale else y)
+        y = self.mlp(self.norm2(x))
+        return x + self.drop_path(self.gamma2 * y if self.layer_scale else y)

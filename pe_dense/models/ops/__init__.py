@@ -1,0 +1,3 @@
+from .ms_deform_attn import MSDeformAttn, ms_deform_attn_sample
+
+__all__ = ['MSDeformAttn', 'ms_deform_attn_sample']

@@ -1,0 +1,155 @@
+"""The ViT-Adapter backbone: output shapes for every method from both registries, any input size,
+parameter count of the published Tiny backbone, attention variants, gradient checkpointing."""
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from helpers import METHODS, randomize, small_backbone
+
+from pe_dense.models import ViTAdapter
+from pe_dense.models.backbones import Attention
+
+
+def expected_shapes(b, h, w):
+    hp, wp = math.ceil(h / 32) * 32, math.ceil(w / 32) * 32
+    return [(b, 192, hp // s, wp // s) for s in (4, 8, 16, 32)]
+
+
+@pytest.mark.parametrize('method', METHODS)
+def test_every_method_from_both_registries_any_size_train_and_eval(method):
+    from mmdet.registry import MODELS as DET
+    from mmseg.registry import MODELS as SEG
+    det = DET.build(dict(type='ViTAdapter', pos_embed=dict(type=method),
+                         window_attn=[True, True, False] * 4, window_size=3))
+    seg = SEG.build(dict(type='ViTAdapter', pos_embed=dict(type=method),
+                         vit_feature='per_interaction'))
+    for model, (h, w) in ((det, (64, 64)), (seg, (96, 64)), (det, (70, 100))):
+        model.eval()
+        with torch.no_grad():
+            outs = model(torch.randn(1, 3, h, w))
+        assert [tuple(o.shape) for o in outs] == expected_shapes(1, h, w)
+        assert all(torch.isfinite(o).all() for o in outs)
+    seg.train()
+    outs = seg(torch.randn(2, 3, 64, 96))
+    assert [tuple(o.shape) for o in outs] == expected_shapes(2, 64, 96)
+    sum(o.mean() for o in outs).backward()
+    grads = [p.grad for p in seg.pos_embed.parameters()]
+    assert all(g is not None and torch.isfinite(g).all() for g in grads)
+
+
+def test_parameter_count_matches_the_published_tiny_backbone():
+    model = ViTAdapter()
+    n = sum(p.numel() for p in model.parameters())
+    # The published ViT-Adapter-T backbone has 7,966,640 parameters, 192 of them in the unused
+    # class-token slot of its (1, 197, 192) position embedding, which this backbone drops.
+    assert n == 7_966_640 - 192
+
+
+def test_non_multiple_of_32_equals_explicit_zero_padding():
+    model = randomize(small_backbone('PVG'))
+    img = torch.randn(1, 3, 70, 100)
+    padded = F.pad(img, (0, 28, 0, 26))
+    with torch.no_grad():
+        a, b = model(img), model(padded)
+    for x, y in zip(a, b):
+        assert torch.equal(x, y)
+
+
+def test_batch_padded_by_mmdet_preprocessor():
+    from mmdet.models.data_preprocessors import DetDataPreprocessor
+    from mmdet.structures import DetDataSample
+    pre = DetDataPreprocessor(mean=[123.675, 116.28, 103.53], std=[58.395, 57.12, 57.375],
+                              bgr_to_rgb=True, pad_size_divisor=32)
+    imgs = [torch.randint(0, 255, (3, 70, 100), dtype=torch.uint8),
+            torch.randint(0, 255, (3, 90, 64), dtype=torch.uint8)]
+    samples = [DetDataSample(metainfo=dict(img_shape=i.shape[1:], ori_shape=i.shape[1:]))
+               for i in imgs]
+    batch = pre(dict(inputs=imgs, data_samples=samples), training=False)['inputs']
+    assert batch.shape == (2, 3, 96, 128)
+    model = small_backbone('AbsolutePE', window_attn=[True, True, False] * 4, window_size=5)
+    with torch.no_grad():
+        outs = model(batch)
+        single = model(batch[:1])
+    assert [tuple(o.shape) for o in outs] == expected_shapes(2, 96, 128)
+    # Eval mode: each image of the batch gets what it gets alone.
+    for o, s in zip(outs, single):
+        assert torch.allclose(o[:1], s, atol=1e-4)
+
+
+def reference_window_attention(attn, x, grid):
+    """Windowed attention written out: qkv, zero-pad the grid, attend inside each window."""
+    b, n, c = x.shape
+    h, w = grid
+    ws, m, d = attn.window_size, attn.num_heads, attn.head_dim
+    qkv = attn.qkv(x).view(b, h, w, 3 * c)
+    hp, wp = math.ceil(h / ws) * ws, math.ceil(w / ws) * ws
+    qkv = F.pad(qkv, (0, 0, 0, wp - w, 0, hp - h))
+    out = torch.zeros(b, hp, wp, c)
+    for i in range(0, hp, ws):
+        for j in range(0, wp, ws):
+            win = qkv[:, i:i + ws, j:j + ws].reshape(b, ws * ws, 3, m, d)
+            q, k, v = win.unbind(2)  # (b, T, m, d)
+            logits = torch.einsum('btmd,bsmd->bmts', q, k) / math.sqrt(d)
+            o = torch.einsum('bmts,bsmd->btmd', logits.softmax(-1), v)
+            out[:, i:i + ws, j:j + ws] = o.reshape(b, ws, ws, c)
+    return attn.proj(out[:, :h, :w].reshape(b, n, c))
+
+
+@pytest.mark.parametrize('fused', [True, False])
+@pytest.mark.parametrize('grid,ws', [((6, 9), 4), ((4, 4), 2), ((5, 3), 7)])
+def test_windowed_attention_matches_written_out_reference(fused, grid, ws):
+    torch.manual_seed(0)
+    attn = Attention(24, 3, window_size=ws, fused=fused).eval()
+    x = torch.randn(2, grid[0] * grid[1], 24)
+    with torch.no_grad():
+        assert torch.allclose(attn(x, grid), reference_window_attention(attn, x, grid), atol=1e-5)
+
+
+def test_global_attention_fused_equals_explicit():
+    torch.manual_seed(0)
+    fused = Attention(24, 3, fused=True).eval()
+    plain = Attention(24, 3, fused=False).eval()
+    plain.load_state_dict(fused.state_dict())
+    x = torch.randn(2, 20, 24)
+    assert torch.allclose(fused(x, (4, 5)), plain(x, (4, 5)), atol=1e-5)
+
+
+def test_gradient_checkpointing_gives_the_same_outputs_and_gradients():
+    img = torch.randn(2, 3, 64, 64)
+    results = []
+    for with_cp in (False, True):
+        model = randomize(small_backbone('MPVG', with_cp=with_cp)).train()
+        outs = model(img)
+        sum((o ** 2).mean() for o in outs).backward()
+        results.append((outs, {n: p.grad.clone() for n, p in model.named_parameters()
+                               if p.grad is not None}))
+    (o1, g1), (o2, g2) = results
+    for a, b in zip(o1, o2):
+        assert torch.allclose(a, b, atol=1e-5)
+    assert g1.keys() == g2.keys() and len(g1) > 100
+    for name in g1:
+        assert torch.allclose(g1[name], g2[name], atol=1e-4, rtol=1e-3), name
+
+
+def test_stochastic_depth_rates():
+    model = ViTAdapter(drop_path_rate=0.1)
+    rates = [getattr(b.drop_path, 'drop_prob', 0.0) for b in model.blocks]
+    assert rates == pytest.approx([0.1 * i / 11 for i in range(12)])
+    assert model.interactions[0].extractor.drop_path.drop_prob == pytest.approx(0.1)
+
+
+def test_bad_configurations_are_clear_errors():
+    with pytest.raises(ValueError, match='vit_feature'):
+        ViTAdapter(vit_feature='sum')
+    with pytest.raises(ValueError, match='one per block'):
+        ViTAdapter(window_attn=[True] * 5)
+    with pytest.raises(ValueError, match='interaction_indexes'):
+        ViTAdapter(interaction_indexes=[[0, 2], [4, 11]])
+    with pytest.raises(KeyError, match='must be one of'):
+        ViTAdapter(pos_embed=dict(type='Sinusoidal'))
+    model = ViTAdapter().eval()
+    with pytest.raises(ValueError, match='at least 32x32'):
+        model(torch.randn(1, 3, 16, 64))
+    with pytest.raises(ValueError, match=r'\(B, 3, H, W\)'):
+        model(torch.randn(3, 64, 64))

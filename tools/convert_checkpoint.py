@@ -1,0 +1,89 @@
+"""Converts a checkpoint of any format pe-dense accepts into pe-dense's own format.
+
+Accepted: the DeiT release (``{'model': ...}``), plain timm state dicts, LaPE-style checkpoints
+(``blocks.{i}.pe_norm.*``), the released ViT-Adapter COCO / ADE20K checkpoints (``backbone.``
+prefix; the rest of the detector/segmentor is kept unless ``--backbone-only``) and pe-dense files.
+
+    python tools/convert_checkpoint.py deit_tiny_patch16_224-a1311bcf.pth \
+        pretrained/deit-ti_abs.pth --pos-embed AbsolutePE
+
+The output is ``{'meta': {'pe_dense': {'format': 1, 'pos_embed': NAME, 'source': ...}},
+'state_dict': {...}}`` with the backbone's parameter names (prefixed ``backbone.`` for a whole
+model), which every loading route reads as it is.
+"""
+import argparse
+import os
+
+import torch
+
+from pe_dense.checkpoint import (convert_backbone_keys, pe_dense_checkpoint, read_checkpoint,
+                                 summarize_keys, unwrap_state_dict)
+from pe_dense.models import ViTAdapter
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    parser.add_argument('src', help='checkpoint to convert (path or URL)')
+    parser.add_argument('dst', help='where to write the pe-dense checkpoint')
+    parser.add_argument('--pos-embed', default=None,
+                        help='position encoding the checkpoint is for (AbsolutePE, NoPE, PEG, '
+                        'LaPE, PVG, MPVG); default: the one recorded in a pe-dense file, '
+                        'else AbsolutePE')
+    parser.add_argument('--config', help='an mmdet/mmseg config whose model.backbone gives the '
+                        'architecture (default: ViT-Adapter-Ti)')
+    parser.add_argument('--backbone-only', action='store_true',
+                        help='of a whole detector/segmentor, keep only the backbone')
+    return parser.parse_args(argv)
+
+
+def build_backbone(config, pos_embed):
+    cfg = dict(type='ViTAdapter')
+    if config:
+        from mmengine.config import Config
+        cfg = Config.fromfile(config).model.backbone.to_dict()
+    cfg.pop('type', None)
+    cfg.pop('init_cfg', None)
+    if pos_embed:
+        cfg['pos_embed'] = dict(cfg.get('pos_embed', {}), type=pos_embed)
+    return ViTAdapter(**cfg)
+
+
+def convert(src, dst, pos_embed=None, config=None, backbone_only=False):
+    obj = read_checkpoint(src)
+    recorded = (obj.get('meta') or {}).get('pe_dense', {}).get('pos_embed') \
+        if isinstance(obj.get('meta'), dict) else None
+    if pos_embed and recorded and pos_embed != recorded:
+        raise SystemExit(f'{src} is a pe-dense checkpoint for {recorded}, not {pos_embed}')
+    pos_embed = pos_embed or recorded or 'AbsolutePE'
+    state = unwrap_state_dict(obj, source=src)
+    backbone = build_backbone(config, pos_embed)
+
+    whole_model = any(k.startswith('backbone.') for k in state)
+    prefix = 'backbone.' if whole_model else ''
+    sub = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+    converted = convert_backbone_keys(backbone, sub)
+    # Loading checks every shape (an error names the key and both shapes).
+    result = backbone.load_state_dict(converted, strict=False)
+    unexpected = result.unexpected_keys
+    if unexpected:
+        raise SystemExit(f'{src}: keys that fit no parameter of the {pos_embed} backbone: '
+                         f'{summarize_keys(unexpected)}; pass the right --pos-embed or --config')
+    out = {prefix + k: v.clone() for k, v in converted.items()}
+    if whole_model and not backbone_only:
+        out.update({k: v for k, v in state.items() if not k.startswith('backbone.')})
+    missing = result.missing_keys
+    os.makedirs(os.path.dirname(os.path.abspath(dst)), exist_ok=True)
+    torch.save(pe_dense_checkpoint(out, pos_embed, source=src), dst)
+    print(f'wrote {dst}: {len(out)} tensors for a {pos_embed} backbone'
+          f'{" (whole model)" if whole_model and not backbone_only else ""}; backbone parameters '
+          f'not in the source (left to their initialisation): {summarize_keys(missing)}')
+    return out
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    convert(args.src, args.dst, args.pos_embed, args.config, args.backbone_only)
+
+
+if __name__ == '__main__':
+    main()
