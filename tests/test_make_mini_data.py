@@ -1,0 +1,193 @@
+"""tools/make_mini_data.py: byte-identical reruns, COCO polygons / areas / boxes that match the
+drawn shapes, label maps that match them too, and mmdet's CocoDataset and mmseg's ADE20KDataset
+reading both datasets as they are."""
+import hashlib
+import os
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from pycocotools.coco import COCO
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / 'tools'))
+
+import make_mini_data as mmd  # noqa: E402
+
+SEED = 3
+NUM_TRAIN, NUM_VAL = 6, 3
+SIZE = (80, 112)
+CLASSES = ('circle', 'square', 'triangle')
+
+
+def _make_both(out: Path, seed: int = SEED) -> tuple:
+    kwargs = dict(seed=seed, num_train=NUM_TRAIN, num_val=NUM_VAL, size=SIZE)
+    return mmd.make_coco(out / 'coco', **kwargs), mmd.make_ade(out / 'ade', **kwargs)
+
+
+def _hashes(out: Path) -> dict:
+    return {str(path.relative_to(out)): hashlib.sha256(path.read_bytes()).hexdigest()
+            for path in sorted(out.rglob('*')) if path.is_file()}
+
+
+@pytest.fixture(scope='module')
+def data(tmp_path_factory):
+    """The two datasets of SEED, written once: (output folder, COCO summary, ADE summary)."""
+    out = tmp_path_factory.mktemp('mini')
+    return (out, *_make_both(out))
+
+
+def _scene(dataset: str, split: str, index: int):
+    return mmd.make_scene(mmd.scene_rng(SEED, dataset, split, index), SIZE)
+
+
+def test_layout_and_summaries(data):
+    out, coco, ade = data
+    assert not coco['skipped'] and not ade['skipped']
+    for split, num in (('train2017', NUM_TRAIN), ('val2017', NUM_VAL)):
+        assert len(list((out / 'coco' / split).glob('*.jpg'))) == num
+        assert (out / 'coco' / 'annotations' / f'instances_{split}.json').is_file()
+    ade_root = out / 'ade' / 'ADEChallengeData2016'
+    for split, num in (('training', NUM_TRAIN), ('validation', NUM_VAL)):
+        images = sorted(p.stem for p in (ade_root / 'images' / split).glob('*.jpg'))
+        labels = sorted(p.stem for p in (ade_root / 'annotations' / split).glob('*.png'))
+        assert len(images) == num and images == labels
+    for summary in (coco, ade):
+        assert summary['splits']['train']['images'] == NUM_TRAIN
+        assert summary['splits']['val']['images'] == NUM_VAL
+        for stats in summary['splits'].values():
+            assert stats['images'] <= stats['instances'] <= 4 * stats['images']
+            assert sum(stats['per_class'].values()) == stats['instances']
+
+
+def test_same_seed_same_bytes_other_seed_other_images(data, tmp_path):
+    out = data[0]
+    _make_both(tmp_path / 'again')
+    assert _hashes(tmp_path / 'again') == _hashes(out)
+    _make_both(tmp_path / 'other', seed=SEED + 1)
+    reference, other = _hashes(out), _hashes(tmp_path / 'other')
+    assert reference.keys() == other.keys()
+    # images, label maps, annotation files and meta.json files: all differ
+    assert len(reference) == 3 * (NUM_TRAIN + NUM_VAL) + 4
+    assert all(reference[name] != other[name] for name in reference)
+
+
+@pytest.mark.parametrize('split', ['train', 'val'])
+def test_coco_annotations_match_the_drawn_shapes(data, split):
+    out, summary = data[0], data[1]
+    coco = COCO(str(out / 'coco' / 'annotations' / f'instances_{split}2017.json'))
+    assert [c['name'] for c in coco.loadCats(coco.getCatIds())] == list(CLASSES)
+    assert sorted(coco.getImgIds()) == list(range(1, summary['splits'][split]['images'] + 1))
+    per_class = {name: len(coco.getAnnIds(catIds=[i + 1])) for i, name in enumerate(CLASSES)}
+    assert per_class == summary['splits'][split]['per_class']
+    for image_id in coco.getImgIds():
+        info = coco.loadImgs(image_id)[0]
+        assert (info['height'], info['width']) == SIZE
+        image = cv2.imread(str(out / 'coco' / f'{split}2017' / info['file_name']))[..., ::-1]
+        assert image.shape == (*SIZE, 3)
+        scene = _scene('coco', split, image_id)
+        anns = coco.loadAnns(coco.getAnnIds(imgIds=image_id))
+        assert 1 <= len(anns) == len(scene.shapes) <= 4
+        for ann, shape in zip(anns, scene.shapes):
+            assert ann['iscrowd'] == 0 and ann['category_id'] == shape.label + 1
+            assert len(ann['segmentation']) == 1
+            assert len(ann['segmentation'][0]) == 2 * (32, 4, 3)[shape.label]
+            decoded = coco.annToMask(ann).astype(bool)
+            drawn = shape.mask
+            assert abs(decoded.sum() / ann['area'] - 1) < 0.07
+            assert abs(drawn.sum() / ann['area'] - 1) < 0.05
+            assert (decoded & drawn).sum() / (decoded | drawn).sum() > 0.9
+            rows, cols = np.nonzero(decoded)
+            x, y, w, h = ann['bbox']
+            assert 0 < ann['area'] < w * h
+            # pixel centres of the decoded mask lie inside the box
+            assert x <= cols.min() + 0.5 and cols.max() + 0.5 <= x + w
+            assert y <= rows.min() + 0.5 and rows.max() + 0.5 <= y + h
+            # the pixels carry the class colour: its dominant channel is R, G, B for
+            # circle, square, triangle
+            assert int(np.argmax(image[drawn].mean(0))) == shape.label
+        masks = np.stack([shape.mask for shape in scene.shapes])
+        assert masks.sum(0).max() == 1
+
+
+def test_mmdet_coco_dataset_reads_it(data):
+    from mmcv.transforms import LoadImageFromFile
+    from mmdet.datasets import CocoDataset
+    from mmdet.datasets.transforms import LoadAnnotations
+
+    out = data[0]
+    dataset = CocoDataset(
+        data_root=str(out / 'coco'), ann_file='annotations/instances_train2017.json',
+        data_prefix=dict(img='train2017/'), metainfo=dict(classes=CLASSES),
+        pipeline=[dict(type=LoadImageFromFile),
+                  dict(type=LoadAnnotations, with_bbox=True, with_mask=True)])
+    assert len(dataset) == NUM_TRAIN
+    for index in (0, NUM_TRAIN - 1):
+        item = dataset[index]
+        image_id = int(Path(item['img_path']).stem)
+        shapes = _scene('coco', 'train', image_id).shapes
+        assert item['img'].shape == (*SIZE, 3)
+        assert item['gt_bboxes'].tensor.shape == (len(shapes), 4)
+        assert item['gt_masks'].masks.shape == (len(shapes), *SIZE)
+        assert item['gt_bboxes_labels'].tolist() == [shape.label for shape in shapes]
+        for mask, shape in zip(item['gt_masks'].masks.astype(bool), shapes):
+            assert (mask & shape.mask).sum() / (mask | shape.mask).sum() > 0.9
+
+
+@pytest.mark.parametrize('split', ['training', 'validation'])
+def test_mmseg_ade20k_dataset_reads_it(data, split):
+    from mmcv.transforms import LoadImageFromFile
+    from mmseg.datasets import ADE20KDataset
+    from mmseg.datasets.transforms import LoadAnnotations
+
+    out = data[0]
+    dataset = ADE20KDataset(
+        data_root=str(out / 'ade' / 'ADEChallengeData2016'),
+        data_prefix=dict(img_path=f'images/{split}', seg_map_path=f'annotations/{split}'),
+        pipeline=[dict(type=LoadImageFromFile), dict(type=LoadAnnotations, reduce_zero_label=True)])
+    assert len(dataset) == (NUM_TRAIN if split == 'training' else NUM_VAL)
+    seen = set()
+    for item in dataset:
+        stem = Path(item['img_path']).stem
+        assert Path(item['seg_map_path']).stem == stem
+        name, index = stem.split('_')[1:]
+        scene = _scene('ade', name, int(index))
+        expected = np.zeros(SIZE, np.uint8)
+        for shape in scene.shapes:
+            expected[shape.mask] = shape.label + 1
+        assert item['img'].shape == (*SIZE, 3)
+        assert item['gt_seg_map'].dtype == np.uint8
+        np.testing.assert_array_equal(item['gt_seg_map'], expected)
+        values = set(np.unique(item['gt_seg_map']).tolist())
+        assert values == {0} | {shape.label + 1 for shape in scene.shapes}
+        seen |= values
+    assert seen <= {0, 1, 2, 3}
+
+
+def test_cli_skips_up_to_date_output_and_rewrites_on_change(tmp_path, capsys):
+    out = tmp_path / 'cli'
+    argv = ['--out', str(out), '--num-train', '2', '--num-val', '1', '--size', '48', '64']
+    first = mmd.main(argv)
+    assert [s['skipped'] for s in first] == [False, False]
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 2 and lines[0].startswith('coco: ') and lines[1].startswith('ade: ')
+    image = out / 'coco' / 'train2017' / '000000000001.jpg'
+    assert cv2.imread(str(image)).shape == (48, 64, 3)
+    before = _hashes(out)
+    os.utime(image, (0, 0))
+    again = mmd.main(argv)
+    assert [s['skipped'] for s in again] == [True, True]
+    assert [s['splits'] for s in again] == [s['splits'] for s in first]
+    assert image.stat().st_mtime == 0
+    mmd.main(argv + ['--force'])
+    assert image.stat().st_mtime > 0 and _hashes(out) == before
+    fewer = mmd.main(['--out', str(out), '--num-train', '1', '--num-val', '1', '--size', '48'])
+    assert [s['skipped'] for s in fewer] == [False, False]
+    assert sorted(p.name for p in (out / 'coco' / 'train2017').iterdir()) == ['000000000001.jpg']
+    assert cv2.imread(str(image)).shape == (48, 48, 3)
+    ade_train = out / 'ade' / 'ADEChallengeData2016' / 'annotations' / 'training'
+    assert [p.name for p in ade_train.iterdir()] == ['ADE_train_00000001.png']
+    with pytest.raises(ValueError, match='at least'):
+        mmd.make_coco(tmp_path / 'bad', size=(16, 16))
