@@ -1,0 +1,4 @@
+# The mini Mask R-CNN with NoPE; everything else as mask-rcnn_vit-adapter-ti-abs_fpn_mini.py.
+_base_ = ['./mask-rcnn_vit-adapter-ti-abs_fpn_mini.py']
+
+model = dict(backbone=dict(pos_embed=dict(type='NoPE')))

@@ -1,0 +1,68 @@
+# UperNet + FCN auxiliary head on ViT-Adapter-Ti (the full Tiny backbone, random init) on the
+# bundled mini ADE20K-format data (tools/make_mini_data.py: 128 x 128 images, background plus
+# circles / squares / triangles as ADE labels 1-4), trained on the CPU in a few minutes. Whole-image
+# inference (the images are smaller than a 512 crop) and a short schedule are what differ from the
+# ADE20K configs; the layer-decay AdamW and the model are the same.
+_base_ = [
+    '../_base_/models/upernet_vit-adapter-ti.py',
+    'mmseg::_base_/default_runtime.py',
+]
+
+data_root = 'data/mini/ade/ADEChallengeData2016'
+crop_size = (128, 128)
+model = dict(
+    data_preprocessor=dict(size=crop_size),
+    backbone=dict(pos_embed=dict(type='AbsolutePE'), drop_path_rate=0.0),
+    test_cfg=dict(mode='whole'))
+
+train_pipeline = [
+    dict(type='LoadImageFromFile'),
+    dict(type='LoadAnnotations', reduce_zero_label=True),
+    dict(type='RandomFlip', prob=0.5),
+    dict(type='PackSegInputs'),
+]
+test_pipeline = [
+    dict(type='LoadImageFromFile'),
+    dict(type='LoadAnnotations', reduce_zero_label=True),
+    dict(type='PackSegInputs'),
+]
+train_dataloader = dict(
+    batch_size=4,
+    num_workers=0,
+    sampler=dict(type='InfiniteSampler', shuffle=True),
+    dataset=dict(type='ADE20KDataset', data_root=data_root,
+                 data_prefix=dict(img_path='images/training',
+                                  seg_map_path='annotations/training'),
+                 pipeline=train_pipeline))
+val_dataloader = dict(
+    batch_size=4,
+    num_workers=0,
+    sampler=dict(type='DefaultSampler', shuffle=False),
+    dataset=dict(type='ADE20KDataset', data_root=data_root,
+                 data_prefix=dict(img_path='images/validation',
+                                  seg_map_path='annotations/validation'),
+                 pipeline=test_pipeline))
+test_dataloader = val_dataloader
+val_evaluator = dict(type='IoUMetric', iou_metrics=['mIoU'])
+test_evaluator = val_evaluator
+
+max_iters = 200
+train_cfg = dict(type='IterBasedTrainLoop', max_iters=max_iters, val_interval=max_iters)
+val_cfg = dict(type='ValLoop')
+test_cfg = dict(type='TestLoop')
+optim_wrapper = dict(
+    type='OptimWrapper',
+    optimizer=dict(type='AdamW', lr=4e-4, betas=(0.9, 0.999), weight_decay=0.01),
+    constructor='ViTAdapterLayerDecayOptimizerConstructor',
+    paramwise_cfg=dict(num_layers=12, layer_decay_rate=0.95))
+param_scheduler = [
+    dict(type='LinearLR', start_factor=0.01, by_epoch=False, begin=0, end=20),
+    dict(type='PolyLR', power=1.0, eta_min=0.0, by_epoch=False, begin=20, end=max_iters),
+]
+default_hooks = dict(
+    logger=dict(type='LoggerHook', interval=20, log_metric_by_epoch=False),
+    checkpoint=dict(type='CheckpointHook', by_epoch=False, interval=100, max_keep_ckpts=2),
+    visualization=dict(type='SegVisualizationHook', draw=False))
+log_processor = dict(by_epoch=False)
+env_cfg = dict(dist_cfg=dict(backend='gloo'))
+randomness = dict(seed=0)

@@ -1,0 +1,128 @@
+"""Every published-experiment config: its model builds, and the hyper-parameters that matter
+match the published settings (REFERENCE sections 2-3), without the datasets."""
+import glob
+import os
+
+import pytest
+from mmengine.config import Config
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+METHODS = {'abs': 'AbsolutePE', 'peg': 'PEG', 'lape': 'LaPE', 'pvg': 'PVG', 'mpvg': 'MPVG'}
+CHECKPOINTS = {'abs': 'pretrained/deit_tiny_patch16_224-a1311bcf.pth',
+               'peg': 'pretrained/deit-ti_peg_in1k.pth', 'lape': 'pretrained/deit-ti_lape_in1k.pth',
+               'pvg': 'pretrained/deit-ti_pvg_in1k.pth', 'mpvg': 'pretrained/deit-ti_mpvg_in1k.pth'}
+
+
+def configs(pattern):
+    found = sorted(glob.glob(os.path.join(ROOT, 'configs', pattern)))
+    assert len(found) == 5, found
+    return found
+
+
+def method_of(path):
+    return os.path.basename(path).split('vit-adapter-ti-')[1].split('_')[0]
+
+
+def find(pipeline, type_name):
+    return [t for t in pipeline if t['type'] == type_name]
+
+
+@pytest.mark.parametrize('path', configs('mask_rcnn/*ms-3x_coco.py'))
+def test_mask_rcnn_3x(path):
+    cfg = Config.fromfile(path)
+    m = method_of(path)
+    b = cfg.model.backbone
+    assert b.type == 'ViTAdapter' and b.pos_embed['type'] == METHODS[m]
+    assert b.init_cfg == dict(type='Pretrained', checkpoint=CHECKPOINTS[m])
+    assert (b.embed_dim, b.depth, b.num_heads, b.drop_path_rate) == (192, 12, 3, 0.1)
+    assert b.window_attn == [True, True, False] * 4 and b.window_size == 14
+    assert b.vit_feature == 'last'
+    assert cfg.model.neck.in_channels == [192] * 4 and cfg.model.neck.num_outs == 5
+    opt = cfg.optim_wrapper
+    assert opt.optimizer.type == 'AdamW' and opt.optimizer.lr == 1e-4
+    assert opt.optimizer.weight_decay == 0.05
+    assert {k: v['decay_mult'] for k, v in opt.paramwise_cfg.custom_keys.items()} == {
+        'level_embed': 0.0, 'pos_embed': 0.0, 'norm': 0.0, 'bias': 0.0}
+    assert cfg.train_cfg.max_epochs == 36
+    warmup, steps = cfg.param_scheduler
+    assert (warmup.type, warmup.start_factor, warmup.end, warmup.by_epoch) == (
+        'LinearLR', 0.001, 500, False)
+    assert steps.milestones == [27, 33] and steps.gamma == 0.1
+    assert cfg.train_dataloader.batch_size == 2 and '4xb2' in path  # 8 images per step
+    assert cfg.auto_scale_lr == dict(enable=False, base_batch_size=8)
+    pipe = cfg.train_dataloader.dataset.pipeline
+    choice = find(pipe, 'RandomChoice')[0]['transforms']
+    assert [s[0] for s in choice[0][0]['scales']] == list(range(480, 801, 32))
+    assert all(s[1] == 1333 for s in choice[0][0]['scales'])
+    assert [s[0] for s in choice[1][0]['scales']] == [400, 500, 600]
+    assert choice[1][1]['crop_size'] == (384, 600)
+    assert find(pipe, 'RandomCrop')[0]['crop_size'] == (1024, 1024)
+    assert find(pipe, 'RandomFlip')[0]['prob'] == 0.5
+    assert cfg.model.data_preprocessor.pad_size_divisor == 32
+    test_resize = find(cfg.test_dataloader.dataset.pipeline, 'Resize')[0]
+    assert test_resize['scale'] == (1333, 800)
+    assert cfg.train_dataloader.dataset.data_root == 'data/coco/'
+    assert cfg.val_evaluator.metric == ['bbox', 'segm']
+    assert cfg.sync_bn == 'torch'
+
+
+@pytest.mark.parametrize('path', configs('mask_rcnn/*1x_coco.py'))
+def test_mask_rcnn_1x(path):
+    cfg = Config.fromfile(path)
+    assert cfg.model.backbone.pos_embed['type'] == METHODS[method_of(path)]
+    assert cfg.train_cfg.max_epochs == 12
+    assert cfg.param_scheduler[1].milestones == [8, 11]
+    assert cfg.optim_wrapper.optimizer.lr == 2e-4
+    assert cfg.optim_wrapper.optimizer.weight_decay == 0.01
+    assert cfg.auto_scale_lr.base_batch_size == 16 and '8xb2' in path
+
+
+@pytest.mark.parametrize('path', configs('upernet/*160k_ade20k-512x512.py'))
+def test_upernet_160k(path):
+    cfg = Config.fromfile(path)
+    m = method_of(path)
+    b = cfg.model.backbone
+    assert b.pos_embed['type'] == METHODS[m]
+    assert b.init_cfg.checkpoint == CHECKPOINTS[m]
+    assert b.window_attn is False and b.vit_feature == 'per_interaction'
+    head, aux = cfg.model.decode_head, cfg.model.auxiliary_head
+    assert head.type == 'UPerHead' and head.in_channels == [192] * 4
+    assert head.channels == 512 and head.pool_scales == (1, 2, 3, 6) and head.num_classes == 150
+    assert aux.type == 'FCNHead' and aux.in_index == 2 and aux.channels == 256
+    assert aux.loss_decode.loss_weight == 0.4 and aux.num_classes == 150
+    opt = cfg.optim_wrapper
+    assert opt.type == 'AmpOptimWrapper' and opt.loss_scale == 512.0
+    assert opt.optimizer.type == 'AdamW' and opt.optimizer.lr == 12e-5
+    assert opt.optimizer.betas == (0.9, 0.999) and opt.optimizer.weight_decay == 0.01
+    assert opt.constructor == 'ViTAdapterLayerDecayOptimizerConstructor'
+    assert opt.paramwise_cfg == dict(num_layers=12, layer_decay_rate=0.95)
+    warmup, poly = cfg.param_scheduler
+    assert (warmup.type, warmup.start_factor, warmup.end) == ('LinearLR', 1e-6, 1500)
+    assert (poly.type, poly.power, poly.eta_min, poly.begin, poly.end) == (
+        'PolyLR', 1.0, 0.0, 1500, 160000)
+    assert cfg.train_cfg.max_iters == 160000
+    assert cfg.train_dataloader.batch_size == 2 and '4xb2' in path
+    assert cfg.auto_scale_lr.base_batch_size == 8
+    pipe = cfg.train_dataloader.dataset.pipeline
+    crop = find(pipe, 'RandomCrop')[0]
+    assert crop['crop_size'] == (512, 512) and crop['cat_max_ratio'] == 0.75
+    resize = find(pipe, 'RandomResize')[0]
+    assert resize['scale'] == (2048, 512) and resize['ratio_range'] == (0.5, 2.0)
+    assert find(pipe, 'PhotoMetricDistortion') and find(pipe, 'RandomFlip')
+    assert cfg.model.test_cfg == dict(mode='slide', crop_size=(512, 512), stride=(341, 341))
+    assert cfg.model.data_preprocessor.size == (512, 512)
+    assert cfg.train_dataloader.dataset.data_root == 'data/ade/ADEChallengeData2016'
+
+
+@pytest.mark.parametrize('pattern,scope', [('mask_rcnn/*ms-3x_coco.py', 'mmdet'),
+                                           ('upernet/*.py', 'mmseg')])
+def test_every_model_builds(pattern, scope):
+    from mmengine.registry import MODELS, init_default_scope
+    import pe_dense  # noqa: F401
+    init_default_scope(scope)
+    for path in configs(pattern):
+        cfg = Config.fromfile(path)
+        model = MODELS.build(cfg.model)
+        n = sum(p.numel() for p in model.backbone.parameters())
+        assert type(model.backbone.pos_embed).__name__ == METHODS[method_of(path)]
+        assert 7.9e6 < n < 8.0e6

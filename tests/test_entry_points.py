@@ -1,0 +1,156 @@
+"""End to end on mini data, a few iterations each: mmdet's and mmseg's own tools with the project's
+configs, the project's tools (single process and torchrun with 2 gloo processes), evaluation of a
+saved checkpoint matching the evaluation at the end of training, and resume after a kill."""
+import glob
+import json
+import os
+import os.path as osp
+import signal
+import subprocess
+import sys
+import time
+
+import mmdet
+import mmseg
+import pytest
+import torch
+
+ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+DET = osp.join(ROOT, 'configs/mini/mask-rcnn_vit-adapter-ti-mpvg_fpn_mini.py')
+SEG = osp.join(ROOT, 'configs/mini/upernet_vit-adapter-ti-pvg_mini.py')
+MMDET_TOOLS = osp.join(osp.dirname(mmdet.__file__), '.mim', 'tools')
+MMSEG_TOOLS = osp.join(osp.dirname(mmseg.__file__), '.mim', 'tools')
+
+
+@pytest.fixture(scope='module')
+def data(tmp_path_factory):
+    out = tmp_path_factory.mktemp('mini')
+    subprocess.run([sys.executable, osp.join(ROOT, 'tools/make_mini_data.py'), '--out', str(out),
+                    '--num-train', '8', '--num-val', '4'], check=True, capture_output=True)
+    return out
+
+
+def det_options(data, iters):
+    root = f'{data}/coco/'
+    ann = f'{root}annotations/instances_val2017.json'
+    return ['--cfg-options', f'train_dataloader.dataset.data_root={root}',
+            f'val_dataloader.dataset.data_root={root}', f'test_dataloader.dataset.data_root={root}',
+            f'val_evaluator.ann_file={ann}', f'test_evaluator.ann_file={ann}',
+            f'train_cfg.max_iters={iters}', f'train_cfg.val_interval={iters}',
+            f'default_hooks.checkpoint.interval={iters}', 'train_dataloader.batch_size=2']
+
+
+def seg_options(data, iters, val=True, ckpt_interval=None):
+    root = f'{data}/ade/ADEChallengeData2016'
+    return ['--cfg-options', f'train_dataloader.dataset.data_root={root}',
+            f'val_dataloader.dataset.data_root={root}', f'test_dataloader.dataset.data_root={root}',
+            f'train_cfg.max_iters={iters}', f'train_cfg.val_interval={iters if val else iters + 1}',
+            f'default_hooks.checkpoint.interval={ckpt_interval or iters}',
+            'default_hooks.logger.interval=1', 'train_dataloader.batch_size=2']
+
+
+def eval_options(options):
+    """The data-root part of the options, for test scripts (no schedule keys)."""
+    return [o for o in options if not o.startswith(('train_cfg', 'default_hooks', 'train_'))]
+
+
+def call(cmd, timeout=900):
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc.stdout + proc.stderr
+
+
+def validation_metrics(work_dir, key):
+    """The metrics logged by the evaluation at the end of training (mmengine's scalars.json)."""
+    files = glob.glob(osp.join(work_dir, '*', 'vis_data', 'scalars.json'))
+    assert files, f'no scalars.json under {work_dir}'
+    rows = [json.loads(line) for f in files for line in open(f)]
+    vals = [r for r in rows if key in r]
+    assert vals, f'{key} was not logged in {files}'
+    return vals[-1]
+
+
+def test_mmdet_own_tools_train_and_test(data, tmp_path):
+    work = str(tmp_path / 'det')
+    opts = det_options(data, 2)
+    call([sys.executable, osp.join(MMDET_TOOLS, 'train.py'), DET, '--work-dir', work] + opts)
+    ckpt = osp.join(work, 'iter_2.pth')
+    assert osp.isfile(ckpt)
+    at_train = validation_metrics(work, 'coco/bbox_mAP')
+    out = call([sys.executable, osp.join(MMDET_TOOLS, 'test.py'), DET, ckpt, '--work-dir',
+                str(tmp_path / 'det_test')] + eval_options(opts))
+    assert 'coco/bbox_mAP' in out
+    # The project's test tool on the same checkpoint: the same numbers as the end of training.
+    metrics_file = tmp_path / 'det_metrics.json'
+    call([sys.executable, 'tools/test.py', DET, ckpt, '--work-dir', str(tmp_path / 'det_test2'),
+          '--out', str(metrics_file)] + eval_options(opts))
+    metrics = json.loads(metrics_file.read_text())
+    for key in ('coco/bbox_mAP', 'coco/segm_mAP', 'coco/bbox_mAP_50'):
+        assert metrics[key] == pytest.approx(at_train[key], abs=1e-6), key
+
+
+def test_project_tools_and_mmseg_own_test(data, tmp_path):
+    work = str(tmp_path / 'seg')
+    opts = seg_options(data, 2)
+    call([sys.executable, 'tools/train.py', SEG, '--work-dir', work] + opts)
+    ckpt = osp.join(work, 'iter_2.pth')
+    at_train = validation_metrics(work, 'mIoU')
+    metrics_file = tmp_path / 'seg_metrics.json'
+    call([sys.executable, 'tools/test.py', SEG, ckpt, '--work-dir', str(tmp_path / 't1'),
+          '--out', str(metrics_file)] + eval_options(opts))
+    metrics = json.loads(metrics_file.read_text())
+    assert metrics['mIoU'] == pytest.approx(at_train['mIoU'], abs=1e-6)
+    assert metrics['aAcc'] == pytest.approx(at_train['aAcc'], abs=1e-6)
+    out = call([sys.executable, osp.join(MMSEG_TOOLS, 'test.py'), SEG, ckpt, '--work-dir',
+                str(tmp_path / 't2')] + eval_options(opts))
+    assert f"mIoU: {at_train['mIoU']:.4f}" in out
+
+
+def test_torchrun_two_gloo_processes(data, tmp_path):
+    work = str(tmp_path / 'dist')
+    opts = seg_options(data, 2, val=False)
+    env = dict(os.environ, PORT='29517')
+    proc = subprocess.run(['bash', 'tools/dist_train.sh', SEG, '2', '--work-dir', work] + opts,
+                          cwd=ROOT, capture_output=True, text=True, env=env, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert 'world_size: 2' in proc.stdout + proc.stderr or 'Distributed launcher: pytorch' in (
+        proc.stdout + proc.stderr)
+    ckpt = osp.join(work, 'iter_2.pth')
+    saved = torch.load(ckpt, map_location='cpu', weights_only=False)
+    assert saved['meta']['iter'] == 2
+    single, dist = tmp_path / 'single.json', tmp_path / 'dist.json'
+    call([sys.executable, 'tools/test.py', SEG, ckpt, '--work-dir', str(tmp_path / 's'),
+          '--out', str(single)] + eval_options(opts))
+    proc = subprocess.run(['bash', 'tools/dist_test.sh', SEG, ckpt, '2', '--work-dir',
+                           str(tmp_path / 'd'), '--out', str(dist)] + eval_options(opts),
+                          cwd=ROOT, capture_output=True, text=True, env=env, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    # Two processes evaluate two halves of the validation set; the metric gathers them all.
+    assert json.loads(dist.read_text())['mIoU'] == pytest.approx(
+        json.loads(single.read_text())['mIoU'], abs=1e-6)
+
+
+def test_resume_after_kill(data, tmp_path):
+    work = tmp_path / 'resume'
+    opts = seg_options(data, 6, val=False, ckpt_interval=2)
+    cmd = [sys.executable, 'tools/train.py', SEG, '--work-dir', str(work)] + opts
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    deadline = time.time() + 600
+    while not (work / 'iter_2.pth').exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.5)
+    time.sleep(1.0)  # let the checkpoint file be written out
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert (work / 'iter_2.pth').exists() and not (work / 'iter_6.pth').exists()
+    killed_at = max(int(p.stem.split('_')[1]) for p in work.glob('iter_*.pth'))
+    out = call(cmd + ['--resume'])
+    assert f'resumed epoch: 0, iter: {killed_at}' in out
+    # The resumed run trains only the iterations after the checkpoint.
+    assert f'Iter(train) [{killed_at + 1}/6]' in out and 'Iter(train) [6/6]' in out
+    assert f'Iter(train) [{killed_at}/6]' not in out and 'Iter(train) [1/6]' not in out
+    final = torch.load(work / 'iter_6.pth', map_location='cpu', weights_only=False)
+    assert final['meta']['iter'] == 6
+    # AdamW's step count: every one of the 6 iterations updated the weights exactly once.
+    steps = {int(s['step']) for s in final['optimizer']['state'].values()}
+    assert steps == {6}
