@@ -11,11 +11,16 @@ Defaults are ViT-Adapter-Ti (DeiT-Ti: dim 192, depth 12, 3 heads). The two publi
 Input sizes: the image is zero-padded at the bottom and right to a multiple of 32 (as mmdet's and
 mmseg's data preprocessors do with ``size_divisor=32``); for an ``H x W`` input the outputs are
 ``(B, C, ceil(H/32)*32/s, ceil(W/32)*32/s)`` for s = 4, 8, 16, 32, and cover that padded image.
+
+Fast path (``fast_path=True``, the default) and reference path (``False``) compute the same
+function (fp32 outputs equal to about 1e-5); the fast path uses fused attention, the gather-based
+deformable-attention sampler on the CPU and per-grid caching in inference; the reference path is
+the straightforward form, kept for tests and comparisons (``tools/benchmark.py --compare``).
 """
 from __future__ import annotations
 
 import math
-from functools import lru_cache, partial
+from functools import partial
 from typing import List, Optional, Sequence, Tuple, Union
 
 import torch
@@ -30,26 +35,28 @@ from pe_dense.checkpoint import convert_state_dict_hook, load_backbone_checkpoin
 from pe_dense.registry import MODELS
 
 from ..adapters import InteractionBlock, SpatialPriorModule, maybe_checkpoint
+from ..adapters.modules import DeformInputs
+from ..grid_cache import GridCache
 from ..ops import MSDeformAttn
 from ..pos_embed import build_pos_encoding
-from .vit import Block
+from .vit import Attention, Block
 
 VIT_FEATURE_MODES = ('last', 'per_interaction', 'none')
 
 
-@lru_cache(maxsize=32)
-def _reference_points(shapes: Tuple[Tuple[int, int], ...]) -> Tensor:
+def _reference_points(shapes: Sequence[Tuple[int, int]], device: torch.device) -> Tensor:
     """Cell centres of each level, normalised to [0, 1]: ``(1, sum h*w, 1, 2)``, (x, y)."""
     points = []
     for h, w in shapes:
-        ys, xs = torch.meshgrid((torch.arange(h, dtype=torch.float32) + 0.5) / h,
-                                (torch.arange(w, dtype=torch.float32) + 0.5) / w, indexing='ij')
+        ys, xs = torch.meshgrid(
+            (torch.arange(h, dtype=torch.float32, device=device) + 0.5) / h,
+            (torch.arange(w, dtype=torch.float32, device=device) + 0.5) / w, indexing='ij')
         points.append(torch.stack([xs.reshape(-1), ys.reshape(-1)], -1))
     return torch.cat(points, 0)[None, :, None]
 
 
 def deform_inputs(vit_grid: Tuple[int, int], c_shapes: Sequence[Tuple[int, int]],
-                  device: torch.device):
+                  device: torch.device) -> Tuple[DeformInputs, DeformInputs]:
     """Reference points, spatial shapes and level start indices of the injector (queries: the ViT
     grid; values: the three adapter levels) and of the extractor (the other way round)."""
     def level_info(shapes):
@@ -57,9 +64,9 @@ def deform_inputs(vit_grid: Tuple[int, int], c_shapes: Sequence[Tuple[int, int]]
         start = torch.cat([spatial.new_zeros(1), spatial.prod(1).cumsum(0)[:-1]])
         return spatial, start
 
-    c_shapes = tuple(tuple(s) for s in c_shapes)
-    inject = (_reference_points((tuple(vit_grid),)).to(device), *level_info(c_shapes))
-    extract = (_reference_points(c_shapes).to(device), *level_info([vit_grid]))
+    c_shapes = [tuple(s) for s in c_shapes]
+    inject = (_reference_points([tuple(vit_grid)], device), *level_info(c_shapes))
+    extract = (_reference_points(c_shapes, device), *level_info([vit_grid]))
     return inject, extract
 
 
@@ -82,7 +89,16 @@ class ViTAdapter(BaseModule):
         norm_cfg: normalisation of the spatial prior module and the four output norms
             (``BN``; ``SyncBN`` for multi-GPU training).
         with_cp: gradient checkpointing of blocks, injectors and extractors.
-        fused_attn: fused scaled-dot-product attention (False: the explicit reference path).
+        fast_path: the fast implementation (default) or the reference one (False); both compute
+            the same function. The fast path uses ``F.scaled_dot_product_attention`` for global
+            and windowed attention (reference: explicit ``softmax(q k^T / sqrt(d)) v``), on the
+            CPU the gather-based deformable-attention sampler
+            :func:`~pe_dense.models.ops.ms_deform_attn_gather` (reference: mmcv's per-level
+            ``grid_sample`` form; CUDA tensors use mmcv's kernel either way), and caches per
+            input grid what depends only on it: the reference points and level shapes (always)
+            and, in eval mode when no gradient flows into them, the PE tables and chains
+            (recomputed as soon as one of their parameters changes). Settable after
+            construction: ``model.fast_path = False``.
         out_indices: which of the four maps (strides 4, 8, 16, 32) to return.
         init_cfg: ``dict(type='Pretrained', checkpoint=PATH)`` loads any checkpoint format that
             :func:`pe_dense.checkpoint.load_backbone_checkpoint` accepts.
@@ -115,7 +131,7 @@ class ViTAdapter(BaseModule):
                  vit_feature: str = 'last',
                  norm_cfg: dict = dict(type='BN'),
                  with_cp: bool = False,
-                 fused_attn: bool = True,
+                 fast_path: bool = True,
                  out_indices: Sequence[int] = (0, 1, 2, 3),
                  init_cfg: Optional[dict] = None) -> None:
         super().__init__(init_cfg=init_cfg)
@@ -153,7 +169,7 @@ class ViTAdapter(BaseModule):
             Block(embed_dim, num_heads, mlp_ratio=mlp_ratio, qkv_bias=qkv_bias,
                         drop=drop_rate, attn_drop=attn_drop_rate, drop_path=dpr[i],
                         window_size=window_size[i] if window_attn[i] else 0,
-                        layer_scale=layer_scale, fused_attn=fused_attn) for i in range(depth)
+                        layer_scale=layer_scale) for i in range(depth)
         ])
 
         self.level_embed = nn.Parameter(torch.zeros(3, embed_dim))
@@ -173,6 +189,25 @@ class ViTAdapter(BaseModule):
             self.add_module(f'norm{i}', build_norm_layer(norm_cfg, embed_dim)[1])
         self._init_default_weights()
         self._register_load_state_dict_pre_hook(convert_state_dict_hook, with_module=True)
+        self._deform_cache = GridCache()
+        self.fast_path = fast_path
+
+    @property
+    def fast_path(self) -> bool:
+        """Whether the fast path is on (see the class docstring)."""
+        return self._fast_path
+
+    @fast_path.setter
+    def fast_path(self, enabled: bool) -> None:
+        self._fast_path = bool(enabled)
+        for m in self.modules():
+            if isinstance(m, Attention):
+                m.fused = self._fast_path
+            elif isinstance(m, MSDeformAttn):
+                m.fast = self._fast_path
+        self.pos_embed.cache_grid_tensors = self._fast_path
+        self.pos_embed.clear_grid_cache()
+        self._deform_cache.clear()
 
     # ------------------------------------------------------------------ init
     def _init_default_weights(self) -> None:
@@ -237,7 +272,12 @@ class ViTAdapter(BaseModule):
         x = self.patch_embed(img)  # (B, H/16, W/16, C)
         grid = tuple(x.shape[1:3])
         x = x.flatten(1, 2)
-        deform_inject, deform_extract = deform_inputs(grid, c_shapes, img.device)
+        if self.fast_path:
+            deform_inject, deform_extract = self._deform_cache.get(
+                (grid, tuple(c_shapes), img.device), [],
+                partial(deform_inputs, grid, c_shapes, img.device))
+        else:
+            deform_inject, deform_extract = deform_inputs(grid, c_shapes, img.device)
         x = self.pos_drop(self.pos_embed.embed(x, grid))
         block_pos = self.pos_embed.block_pos(grid)
 

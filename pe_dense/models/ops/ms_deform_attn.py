@@ -1,15 +1,20 @@
 """Multi-scale deformable attention (Deformable DETR) as ViT-Adapter uses it.
 
-The sampling itself is mmcv's: its CUDA kernel (``MultiScaleDeformableAttnFunction``) for CUDA
-tensors, its PyTorch form (``multi_scale_deformable_attn_pytorch``: bilinear ``grid_sample``,
-zero padding, ``align_corners=False``) otherwise. This module holds the projections, with the
-parameter names of the published code, and the adapter's ``ratio`` (value channels =
-``ratio * d_model``).
+Three implementations of the sampling, all bilinear with zero padding and ``align_corners=False``:
+
+- CUDA tensors: mmcv's kernel (``MultiScaleDeformableAttnFunction``);
+- CPU, fast path (default): :func:`ms_deform_attn_gather`, one gather over all levels at once;
+- CPU, reference path: mmcv's PyTorch form (``multi_scale_deformable_attn_pytorch``: one
+  ``grid_sample`` per level on ``(B*M, D, H, W)`` values), kept for tests and comparisons.
+
+This module holds the projections, with the parameter names of the published code, and the
+adapter's ``ratio`` (value channels = ``ratio * d_model``).
 """
 from __future__ import annotations
 
 import math
-from typing import Optional
+import warnings
+from typing import List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -20,15 +25,19 @@ from torch import Tensor, nn
 
 def ms_deform_attn_sample(value: Tensor, spatial_shapes: Tensor, level_start_index: Tensor,
                           sampling_locations: Tensor, attention_weights: Tensor,
-                          im2col_step: int = 64) -> Tensor:
+                          im2col_step: int = 64, fast: bool = True) -> Tensor:
     """Weighted bilinear sampling of multi-level values.
 
     Args:
         value: ``(B, S, M, D)``, S = sum of H_l * W_l over the levels, M heads of D channels.
         spatial_shapes: ``(L, 2)`` long, (H_l, W_l) per level.
         level_start_index: ``(L,)`` long, offset of each level in S.
-        sampling_locations: ``(B, Q, M, L, P, 2)`` in [0, 1], (x, y).
+        sampling_locations: ``(B, Q, M, L, P, 2)``, (x, y), [0, 1] inside the map; points outside
+            read zeros.
         attention_weights: ``(B, Q, M, L, P)``.
+        im2col_step: batch chunk of the CUDA kernel.
+        fast: on the CPU, :func:`ms_deform_attn_gather` (True) or mmcv's per-level
+            ``grid_sample`` form (False). CUDA tensors always use mmcv's kernel.
 
     Returns:
         ``(B, Q, M * D)``.
@@ -37,8 +46,208 @@ def ms_deform_attn_sample(value: Tensor, spatial_shapes: Tensor, level_start_ind
         return MultiScaleDeformableAttnFunction.apply(value, spatial_shapes, level_start_index,
                                                       sampling_locations, attention_weights,
                                                       im2col_step)
+    if fast:
+        return ms_deform_attn_gather(value, spatial_shapes, sampling_locations,
+                                     attention_weights)
     return multi_scale_deformable_attn_pytorch(value, spatial_shapes, sampling_locations,
                                                attention_weights)
+
+
+def ms_deform_attn_gather(value: Tensor, spatial_shapes: Tensor, sampling_locations: Tensor,
+                          attention_weights: Tensor) -> Tensor:
+    """The sampling of :func:`ms_deform_attn_sample` as one weighted gather over all levels.
+
+    Each level is copied into a zero border (one cell before, two after), so that every corner of
+    a clamped sampling point is a valid row and corners outside the map read zeros. A point's four
+    corner rows and bilinear weights, times its attention weight, make ``K = 4 * L * P`` (row,
+    weight) pairs per query and head; ``F.embedding_bag`` sums the weighted rows without
+    materialising the ``(B, Q, M, K, D)`` samples. Gradients reach the values, the attention
+    weights and, through the bilinear weights, the locations (see :class:`_BilinearGather`).
+
+    Args and returns: as :func:`ms_deform_attn_sample` (no ``level_start_index``: the levels are
+    contiguous in ``value`` in the order of ``spatial_shapes``).
+    """
+    b, _, m, d = value.shape
+    _, q, _, n_levels, _, _ = sampling_locations.shape
+    shapes: List[Tuple[int, int]] = [(int(h), int(w)) for h, w in spatial_shapes.tolist()]
+    # (L, 1, 2) sizes (W, H), the right/bottom clamp of the pixel coordinates.
+    sizes = torch.tensor([[w, h] for h, w in shapes], dtype=sampling_locations.dtype,
+                         device=sampling_locations.device).view(n_levels, 1, 2)
+    # Pixel coordinates (x, y) = location * size - 0.5, clamped to [-1, size]: beyond that every
+    # corner lies in the zero border, so the clamp changes neither values nor gradients.
+    pix = torch.minimum(torch.clamp(sampling_locations * sizes - 0.5, min=-1.0), sizes)
+    corner = pix.detach().floor()
+    with torch.no_grad():
+        base = _corner_rows(corner, shapes, b, m)
+    out = _BilinearGather.apply(value, pix - corner, attention_weights, base, shapes)
+    return out.view(b, q, m * d)
+
+
+def _padded_starts(shapes: List[Tuple[int, int]]) -> List[int]:
+    """Start row of each level in the padded layout (levels of ``(H + 3) x (W + 3)`` cells)."""
+    starts = [0]
+    for h, w in shapes[:-1]:
+        starts.append(starts[-1] + (h + 3) * (w + 3))
+    return starts
+
+
+def _corner_rows(corner: Tensor, shapes: List[Tuple[int, int]], b: int, m: int) -> Tensor:
+    """Row of each point's top-left corner in the padded value matrix ``(B * S' * M, D)``.
+
+    ``corner``: ``(B, Q, M, L, P, 2)``, integer-valued (x0, y0) in [-1, size] -> ``(B, Q, M, L,
+    P)`` long. The other corners are ``M``, ``(W + 3) * M`` and ``(W + 4) * M`` rows further.
+    """
+    n_levels = len(shapes)
+    padded_rows = sum((h + 3) * (w + 3) for h, w in shapes)
+    dtype, device = corner.dtype, corner.device
+    width = torch.tensor([w + 3 for _, w in shapes], dtype=dtype, device=device)
+    # Cell (x0, y0) of level l is cell (x0 + 1, y0 + 1) of its padded level.
+    origin = torch.tensor([s + w + 4 for s, (_, w) in zip(_padded_starts(shapes), shapes)],
+                          dtype=dtype, device=device)
+    rows = (corner[..., 1] * width.view(n_levels, 1) + corner[..., 0]
+            + origin.view(n_levels, 1)).long()
+    rows += torch.arange(b, device=device).view(b, 1, 1, 1, 1) * padded_rows
+    return rows * m + torch.arange(m, device=device).view(1, 1, m, 1, 1)
+
+
+def _corner_steps(shapes: List[Tuple[int, int]], m: int, device: torch.device) -> Tensor:
+    """``(4, L, 1)`` row offsets of the corners (x0, y0), (x0 + 1, y0), (x0, y0 + 1),
+    (x0 + 1, y0 + 1) from the first, per level."""
+    return torch.tensor([[0, m, (w + 3) * m, (w + 4) * m] for _, w in shapes],
+                        device=device).t().reshape(4, len(shapes), 1)
+
+
+def _planar(frac: Tensor, attention_weights: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
+    """``frac (B, Q, M, L, P, 2)``, ``attention_weights (B, Q, M, L, P)`` -> fx, fy and the
+    attention weight, each a contiguous ``(B * Q * M, L * P)``."""
+    n = attention_weights[..., 0, 0].numel()
+    return (frac[..., 0].reshape(n, -1), frac[..., 1].reshape(n, -1),
+            attention_weights.reshape(n, -1))
+
+
+def _corner_weights(fx: Tensor, fy: Tensor, attn: Tensor) -> Tensor:
+    """Bilinear weight times attention weight of each corner: ``(N, 4, L * P)`` from
+    ``(N, L * P)`` each, corners in :func:`_corner_steps` order."""
+    wy0, wy1 = (1 - fy) * attn, fy * attn
+    return torch.stack([wy0 * (1 - fx), wy0 * fx, wy1 * (1 - fx), wy1 * fx], 1)
+
+
+class _BilinearGather(torch.autograd.Function):
+    """Bilinear sampling of padded levels, weighted and summed over levels and points.
+
+    Forward: ``value (B, S, M, D)``, ``frac (B, Q, M, L, P, 2)`` the position of each point inside
+    its cell, ``attention_weights (B, Q, M, L, P)``, ``base (B, Q, M, L, P)`` long the row of each
+    point's top-left corner (:func:`_corner_rows`), ``shapes`` the levels' (H, W) ->
+    ``(B * Q * M, D)``. Each query-head ``n`` reads ``K = 4 * L * P`` rows, corner-major.
+
+    Backward, with ``u[n, k] = grad[n] . row[k]`` for those rows (a sampled dense-dense product,
+    no ``(N, K, D)`` intermediate): the attention weight and position gradients are sums of ``u``
+    times the bilinear weights and their derivatives. The value gradient scatters each point's
+    ``weight * grad[n]`` to its four corners: points are sorted by their top-left row once, and
+    each corner's contributions are summed per row by ``F.embedding_bag`` over that order, then
+    shifted by the corner's row offset.
+    """
+
+    @staticmethod
+    def forward(ctx, value: Tensor, frac: Tensor, attention_weights: Tensor, base: Tensor,
+                shapes: List[Tuple[int, int]]) -> Tensor:
+        b, _, m, _ = value.shape
+        rows = _pad_levels(value, shapes)
+        n_levels = len(shapes)
+        n = base[..., 0, 0].numel()
+        index = base.new_empty(n, 4, *base.shape[-2:])
+        torch.add(base.reshape(n, 1, n_levels, -1), _corner_steps(shapes, m, base.device),
+                  out=index)
+        index = index.view(n, -1)
+        fx, fy, attn = _planar(frac, attention_weights)
+        weights = _corner_weights(fx, fy, attn).view(n, -1).to(rows.dtype)
+        ctx.save_for_backward(rows, index, frac, attention_weights)
+        ctx.shapes, ctx.batch_heads = shapes, (b, m)
+        return F.embedding_bag(index, rows, per_sample_weights=weights, mode='sum')
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        rows, index, frac, attention_weights = ctx.saved_tensors
+        grad = grad.contiguous()
+        fx, fy, attn = _planar(frac, attention_weights)
+        grad_value = grad_frac = grad_attn = None
+        if ctx.needs_input_grad[0]:
+            grad_rows = _scatter_corners(grad, index, _corner_weights(fx, fy, attn), ctx.shapes,
+                                         ctx.batch_heads, rows.shape[0])
+            grad_value = _unpad_levels(grad_rows, ctx.shapes, *ctx.batch_heads)
+        if ctx.needs_input_grad[1] or ctx.needs_input_grad[2]:
+            u00, u01, u10, u11 = _row_dots(grad, rows, index).to(fx.dtype).view(
+                fx.shape[0], 4, -1).unbind(1)
+            top = u00 + (u01 - u00) * fx  # u interpolated along x, upper and lower corner row
+            bottom = u10 + (u11 - u10) * fx
+            grad_attn = (top + (bottom - top) * fy).view(attention_weights.shape)
+            grad_fx = ((u01 - u00) * (1 - fy) + (u11 - u10) * fy) * attn
+            grad_frac = torch.stack([grad_fx, (bottom - top) * attn], -1).view(frac.shape)
+        return grad_value, grad_frac, grad_attn, None, None
+
+
+def _scatter_corners(grad: Tensor, index: Tensor, weights: Tensor,
+                     shapes: List[Tuple[int, int]], batch_heads: Tuple[int, int],
+                     n_rows: int) -> Tensor:
+    """``out[index[n, k]] += weights[n, k] * grad[n]`` over all (n, k): ``grad (N, D)``,
+    ``index (N, 4 * L * P)`` the padded rows of the corners and ``weights (N, 4, L * P)``, both
+    corner-major as in :class:`_BilinearGather` -> ``(n_rows, D)``."""
+    b, m = batch_heads
+    n = index.shape[0]
+    first = index.view(n, 4, -1)[:, 0].reshape(-1)
+    order = torch.argsort(first)
+    counts = torch.bincount(first, minlength=n_rows)
+    offsets = counts.cumsum(0) - counts
+    queries = torch.div(order, first.numel() // n, rounding_mode='floor')
+    # parts[c][r]: the contributions of the points whose top-left corner is row r to corner c.
+    parts = [F.embedding_bag(queries, grad, offsets, mode='sum',
+                             per_sample_weights=w.reshape(-1)[order].to(grad.dtype)).view(
+        b, -1, grad.shape[1]) for w in weights.unbind(1)]
+    out = parts[0]
+    for (h, w), start in zip(shapes, _padded_starts(shapes)):
+        lo, hi = start * m, (start + (h + 3) * (w + 3)) * m
+        for part, step in zip(parts[1:], (m, (w + 3) * m, (w + 4) * m)):
+            out[:, lo + step:hi] += part[:, lo:hi - step]
+    return out.view(n_rows, -1)
+
+
+def _pad_levels(value: Tensor, shapes: List[Tuple[int, int]]) -> Tensor:
+    """``(B, S, M, D)`` -> ``(B * S' * M, D)``: each level inside a zero border of one cell before
+    and two after, in both directions."""
+    b, _, m, d = value.shape
+    padded = value.new_zeros(b, sum((h + 3) * (w + 3) for h, w in shapes), m, d)
+    start = 0
+    for (h, w), pstart in zip(shapes, _padded_starts(shapes)):
+        inner = padded[:, pstart:pstart + (h + 3) * (w + 3)].view(b, h + 3, w + 3, m, d)
+        inner[:, 1:h + 1, 1:w + 1] = value[:, start:start + h * w].view(b, h, w, m, d)
+        start += h * w
+    return padded.view(-1, d)
+
+
+def _unpad_levels(rows: Tensor, shapes: List[Tuple[int, int]], b: int, m: int) -> Tensor:
+    """Inverse of :func:`_pad_levels`: ``(B * S' * M, D)`` -> ``(B, S, M, D)``, border dropped."""
+    padded = rows.view(b, -1, m, rows.shape[-1])
+    levels = []
+    for (h, w), pstart in zip(shapes, _padded_starts(shapes)):
+        inner = padded[:, pstart:pstart + (h + 3) * (w + 3)].unflatten(1, (h + 3, w + 3))
+        levels.append(inner[:, 1:h + 1, 1:w + 1].flatten(1, 2))
+    return torch.cat(levels, 1)
+
+
+def _row_dots(grad: Tensor, rows: Tensor, index: Tensor) -> Tensor:
+    """``out[n, k] = grad[n] . rows[index[n, k]]``: ``grad (N, D)``, ``rows (R, D)``,
+    ``index (N, K)`` -> ``(N, K)``, as ``sampled_addmm`` on the CSR pattern of ``index`` (in
+    float32 for half types, which it does not take)."""
+    if grad.dtype not in (torch.float32, torch.float64):
+        grad, rows = grad.float(), rows.float()
+    n, k = index.shape
+    crow = torch.arange(0, n * k + 1, k, device=index.device)
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')  # sparse CSR is flagged as a beta feature
+        pattern = torch.sparse_csr_tensor(crow, index.view(-1), grad.new_zeros(n * k),
+                                          (n, rows.shape[0]), check_invariants=False)
+        dots = torch.sparse.sampled_addmm(pattern, grad, rows.t(), beta=0.0)
+    return dots.values().view(n, k)
 
 
 class MSDeformAttn(nn.Module):
@@ -51,10 +260,12 @@ class MSDeformAttn(nn.Module):
         n_heads: attention heads; ``ratio * d_model`` must be divisible by it.
         n_points: sampling points per head and level.
         ratio: value channels as a fraction of ``d_model`` (ViT-Adapter's ``deform_ratio``).
+        fast: CPU sampling by :func:`ms_deform_attn_gather` (True) or mmcv's ``grid_sample`` form
+            (False); see :func:`ms_deform_attn_sample`.
     """
 
     def __init__(self, d_model: int = 256, n_levels: int = 4, n_heads: int = 8, n_points: int = 4,
-                 ratio: float = 1.0) -> None:
+                 ratio: float = 1.0, fast: bool = True) -> None:
         super().__init__()
         value_dim = int(d_model * ratio)
         if value_dim % n_heads:
@@ -66,6 +277,7 @@ class MSDeformAttn(nn.Module):
         self.n_points = n_points
         self.ratio = ratio
         self.value_dim = value_dim
+        self.fast = fast
         self.sampling_offsets = nn.Linear(d_model, n_heads * n_levels * n_points * 2)
         self.attention_weights = nn.Linear(d_model, n_heads * n_levels * n_points)
         self.value_proj = nn.Linear(d_model, value_dim)
@@ -119,9 +331,10 @@ class MSDeformAttn(nn.Module):
         normalizer = spatial_shapes.flip(-1).to(offsets.dtype)
         locations = (reference_points[:, :, None, :, None, :]
                      + offsets / normalizer[None, None, None, :, None, :])
-        out = ms_deform_attn_sample(value, spatial_shapes, level_start_index, locations, weights)
+        out = ms_deform_attn_sample(value, spatial_shapes, level_start_index, locations, weights,
+                                   fast=self.fast)
         return self.output_proj(out)
 
     def extra_repr(self) -> str:
         return (f'd_model={self.d_model}, n_levels={self.n_levels}, n_heads={self.n_heads}, '
-                f'n_points={self.n_points}, ratio={self.ratio}')
+                f'n_points={self.n_points}, ratio={self.ratio}, fast={self.fast}')

@@ -10,18 +10,25 @@ The backbone calls a position encoding at four fixed places and nowhere else:
 
 Every hook defaults to "do nothing", so a method overrides only the places it acts at. Tokens are
 ``(B, N, C)`` with ``N = H * W`` in row-major order; ``grid`` is ``(H, W)``.
+
+What depends only on the grid and the method's parameters (a resampled table, the PE chain) goes
+through :meth:`PositionEncoding.cached`: with ``cache_grid_tensors`` on (the backbone's fast path),
+in eval mode and when no gradient flows into those parameters, it is computed once per grid and
+reused while the parameters are unchanged.
 """
 from __future__ import annotations
 
 import inspect
 import math
-from typing import Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 from timm.layers import resample_abs_pos_embed
 from torch import Tensor, nn
 
 from pe_dense.registry import POS_ENCODINGS
+
+from ..grid_cache import GridCache, grad_needed
 
 Grid = Tuple[int, int]
 
@@ -33,6 +40,9 @@ class PositionEncoding(nn.Module):
         embed_dim: token channels C.
         depth: number of ViT blocks.
         pretrain_grid: patch grid (H, W) of the pre-training resolution (14x14 for 224 / 16).
+
+    Attributes:
+        cache_grid_tensors: whether :meth:`cached` memoises (set by the backbone's ``fast_path``).
     """
 
     def __init__(self, *, embed_dim: int, depth: int, pretrain_grid: Grid = (14, 14)) -> None:
@@ -40,6 +50,25 @@ class PositionEncoding(nn.Module):
         self.embed_dim = embed_dim
         self.depth = depth
         self.pretrain_grid = tuple(pretrain_grid)
+        self.cache_grid_tensors = False
+        self._grid_cache = GridCache()
+
+    def cached(self, name: str, grid: Grid, params: Sequence[Tensor],
+               compute: Callable[[], Any]) -> Any:
+        """``compute()``, a function of ``grid`` and ``params`` only, memoised per grid when
+        ``cache_grid_tensors`` is on, the module is in eval mode and no gradient has to flow into
+        ``params``; an entry is recomputed as soon as any of ``params`` changes."""
+        if not self.cache_grid_tensors or self.training or grad_needed(params):
+            return compute()
+        return self._grid_cache.get((name, tuple(grid)), params, compute)
+
+    def clear_grid_cache(self) -> None:
+        """Drops what :meth:`cached` memoised (also done by ``train()`` and ``eval()``)."""
+        self._grid_cache.clear()
+
+    def train(self, mode: bool = True) -> 'PositionEncoding':
+        self.clear_grid_cache()
+        return super().train(mode)
 
     def embed(self, x: Tensor, grid: Grid) -> Tensor:
         """Patch tokens ``(B, N, C)`` -> tokens entering the first injector."""
@@ -86,7 +115,8 @@ class LearnedTable(PositionEncoding):
         """The table resampled to ``grid``: ``(1, H*W, C)``."""
         if tuple(grid) == self.pretrain_grid:
             return self.weight
-        return resample_pos_embed(self.weight, grid, self.pretrain_grid)
+        return self.cached('table', grid, [self.weight],
+                           lambda: resample_pos_embed(self.weight, grid, self.pretrain_grid))
 
     def convert_checkpoint(self, state_dict: Dict[str, Tensor]) -> Dict[str, Tensor]:
         out = dict(state_dict)

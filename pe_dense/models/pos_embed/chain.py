@@ -3,7 +3,7 @@
 ``pos_l = LNpe_l(pos_{l-1})`` for the blocks ``l >= first_block``, where the chain starts from the
 learned table resampled to the input grid; ``pos_l`` is added to the attention input of block l:
 ``x' = x + Attn(LN1(x) + pos_l)``. The chain depends only on the grid, so it is computed once per
-forward, not once per block.
+forward, not once per block (and, with the fast path in eval mode, once per grid).
 """
 import re
 from typing import Dict, List, Optional
@@ -30,6 +30,10 @@ class LayerNormChain(LearnedTable):
         })
 
     def block_pos(self, grid: Grid) -> List[Optional[Tensor]]:
+        return self.cached('block_pos', grid, [self.weight, *self.norms.parameters()],
+                           lambda: self._chain(grid))
+
+    def _chain(self, grid: Grid) -> List[Optional[Tensor]]:
         pos = self.table(grid)
         out: List[Optional[Tensor]] = [None] * self.first_block
         for i in range(self.first_block, self.depth):

@@ -37,7 +37,9 @@ class MPVG(PVG):
         self.last_pe_norm = nn.LayerNorm(self.embed_dim, eps=eps)
 
     def _last_norm(self, x: Tensor, grid: Grid) -> Tensor:
-        return self.last_norm(x) + self.last_pe_norm(self.table(grid))
+        pe = self.cached('last_pe', grid, [self.weight, *self.last_pe_norm.parameters()],
+                         lambda: self.last_pe_norm(self.table(grid)))
+        return self.last_norm(x) + pe
 
     def after_block(self, index: int, x: Tensor, grid: Grid) -> Tensor:
         if self.last_norm_at == 'last_block' and index == self.depth - 1:
