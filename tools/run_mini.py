@@ -4,12 +4,14 @@ on the CPU, end to end (make data -> train -> save checkpoint -> evaluate), and 
     python tools/run_mini.py [--methods abs peg lape pvg mpvg] [--det-iters N] [--seg-iters N]
         [--work-dir work_dirs/mini] [--skip-baseline]
 
-Each run is ``tools/train.py`` then ``tools/test.py`` on its last checkpoint (mmdet's COCO metric:
-box and mask AP; mmseg's IoU metric: mIoU), in subprocesses, with progress lines. A baseline row
-evaluates the untrained AbsolutePE models the same way. The table goes to the terminal and to
-``<work-dir>/results.md`` and ``results.json``.
+Each run is one ``tools/train.py`` subprocess that trains, saves its last checkpoint and evaluates
+it at the end (mmdet's COCO metric: box and mask AP; mmseg's IoU metric: mIoU), with progress
+lines; ``tools/test.py CONFIG CHECKPOINT`` gives the same numbers again (tested). A baseline row
+evaluates the untrained AbsolutePE models with ``tools/test.py``. The table goes to the terminal
+and to ``<work-dir>/results.md`` and ``results.json``.
 """
 import argparse
+import glob
 import json
 import os
 import os.path as osp
@@ -29,7 +31,7 @@ PROGRESS = re.compile(r'Iter\(train\) \[\s*(\d+)/(\d+)\].*?eta: (\S+).*?\sloss: 
 def run(cmd, label, log_path):
     """Runs ``cmd``, writing its output to ``log_path`` and a short progress line per log step."""
     start = time.time()
-    with open(log_path, 'w') as log:
+    with open(log_path, 'w', buffering=1) as log:
         proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                 text=True, env=dict(os.environ, PYTHONUNBUFFERED='1'))
         for line in proc.stdout:
@@ -52,16 +54,25 @@ def evaluate(config, checkpoint, work_dir, label):
         return json.load(f)
 
 
+def final_metrics(work_dir, iters):
+    """The evaluation logged at iteration ``iters`` (mmengine's ``vis_data/scalars.json``)."""
+    path = max(glob.glob(osp.join(work_dir, '*', 'vis_data', 'scalars.json')), key=osp.getmtime)
+    with open(path) as f:
+        rows = [json.loads(line) for line in f]
+    found = [r for r in rows if r.get('step') == iters and ('mIoU' in r or 'coco/bbox_mAP' in r)]
+    if not found:
+        raise SystemExit(f'no evaluation at iteration {iters} in {path}')
+    return {k: v for k, v in found[-1].items() if k != 'step'}
+
+
 def train_and_evaluate(config, work_dir, iters, label):
     os.makedirs(work_dir, exist_ok=True)
     seconds = run([sys.executable, 'tools/train.py', config, '--work-dir', work_dir,
                    '--cfg-options', f'train_cfg.max_iters={iters}',
-                   f'train_cfg.val_interval={iters + 1}',
+                   f'train_cfg.val_interval={iters}',
                    f'default_hooks.checkpoint.interval={iters}'],
                   f'{label} train', osp.join(work_dir, 'train.log'))
-    checkpoint = osp.join(work_dir, f'iter_{iters}.pth')
-    metrics = evaluate(config, checkpoint, work_dir, label)
-    return metrics, seconds
+    return final_metrics(work_dir, iters), seconds
 
 
 def untrained_checkpoint(config, path):

@@ -17,7 +17,7 @@ model = dict(
     roi_head=dict(bbox_head=dict(num_classes=3), mask_head=dict(num_classes=3)),
     # A few objects per small image: fewer proposals and sampled RoIs keep the CPU step short.
     train_cfg=dict(rpn_proposal=dict(nms_pre=1000, max_per_img=300),
-                   rcnn=dict(sampler=dict(num=128))),
+                   rcnn=dict(sampler=dict(num=64))),
     test_cfg=dict(rpn=dict(nms_pre=500, max_per_img=200), rcnn=dict(max_per_img=50)))
 
 train_pipeline = [
@@ -34,7 +34,7 @@ test_pipeline = [
          meta_keys=('img_id', 'img_path', 'ori_shape', 'img_shape', 'scale_factor')),
 ]
 train_dataloader = dict(
-    batch_size=4,
+    batch_size=2,
     num_workers=0,
     sampler=dict(type='InfiniteSampler', shuffle=True),
     dataset=dict(type='CocoDataset', data_root=data_root, metainfo=metainfo,
@@ -54,13 +54,13 @@ val_evaluator = dict(type='CocoMetric', ann_file=data_root + 'annotations/instan
                      metric=['bbox', 'segm'], format_only=False)
 test_evaluator = val_evaluator
 
-max_iters = 300
+max_iters = 80
 train_cfg = dict(type='IterBasedTrainLoop', max_iters=max_iters, val_interval=max_iters)
 val_cfg = dict(type='ValLoop')
 test_cfg = dict(type='TestLoop')
 optim_wrapper = dict(
     type='OptimWrapper',
-    optimizer=dict(type='AdamW', lr=4e-4, betas=(0.9, 0.999), weight_decay=0.05),
+    optimizer=dict(type='AdamW', lr=6e-4, betas=(0.9, 0.999), weight_decay=0.05),
     paramwise_cfg=dict(custom_keys={
         'level_embed': dict(decay_mult=0.0),
         'pos_embed': dict(decay_mult=0.0),
@@ -69,13 +69,13 @@ optim_wrapper = dict(
     }),
     clip_grad=dict(max_norm=10.0))
 param_scheduler = [
-    dict(type='LinearLR', start_factor=0.01, by_epoch=False, begin=0, end=30),
+    dict(type='LinearLR', start_factor=0.01, by_epoch=False, begin=0, end=10),
     dict(type='CosineAnnealingLR', T_max=max_iters, by_epoch=False, begin=0, end=max_iters,
          eta_min=1e-5),
 ]
 default_hooks = dict(
     logger=dict(type='LoggerHook', interval=20),
-    checkpoint=dict(type='CheckpointHook', by_epoch=False, interval=100, max_keep_ckpts=2),
+    checkpoint=dict(type='CheckpointHook', by_epoch=False, interval=max_iters, max_keep_ckpts=2),
     visualization=dict(type='DetVisualizationHook', draw=False))
 log_processor = dict(by_epoch=False)
 env_cfg = dict(dist_cfg=dict(backend='gloo'))
