@@ -32,9 +32,9 @@ path:
   the measured pass. That is the resident memory the pass needed (tensors, allocator and library
   workspaces), close to the CUDA number; where ``clear_refs`` is unavailable the pass runs
   without warm-up and ``ru_maxrss`` is used.
-- **parameters**, and **GMACs** (multiply-accumulates, mmengine's ``FlopAnalyzer``, traced on
-  the reference path, whose attention is explicit matmuls; a bilinear sample counts as 4 MACs
-  per value; element-wise operations are not counted).
+- **parameters**, and **GMACs** of one forward of the batch (multiply-accumulates, mmengine's
+  ``FlopAnalyzer``, traced on the reference path, whose attention is explicit matmuls; a bilinear
+  sample counts as 4 MACs per value; element-wise operations are not counted).
 
 ``--reference`` times the reference path instead of the fast one; ``--compare`` times both,
 interleaved, and adds a table of fast-path speed-ups; ``--with-cp`` adds a twin of each model
@@ -373,6 +373,7 @@ def run(args) -> Tuple[dict, List[dict]]:
                     result = peak_memory(spec)
                     key = 'fwd_peak_mib' if mode == 'forward' else 'train_peak_mib'
                     rec[key] = result['peak_bytes'] / MiB
+                    rec['memory_how'] = result['how']
             records.append(rec)
             print(f"{size[1]}x{size[0]} {method:10s} {name:14s} fwd {rec['fwd_ms']:8.1f} ms"
                   + (f"  fwd+bwd {rec['train_ms']:8.1f} ms" if 'train_ms' in rec else ''),
@@ -382,7 +383,7 @@ def run(args) -> Tuple[dict, List[dict]]:
                 device=str(device), device_name=_device_name(device),
                 threads=torch.get_num_threads() if device.type == 'cpu' else None,
                 batch=args.batch, repeats=args.repeats, warmup=args.warmup, clock=args.clock,
-                omp_wait_policy=os.environ.get('OMP_WAIT_POLICY'),
+                omp_wait_policy=os.environ.get('OMP_WAIT_POLICY', 'unset'),
                 torch=torch.__version__, date=datetime.datetime.now().isoformat(timespec='seconds'),
                 load=args.load, command=' '.join(sys.argv),
                 memory_method=('cuda max_memory_allocated above the allocation before the pass'
