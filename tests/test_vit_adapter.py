@@ -38,6 +38,25 @@ def test_every_method_from_both_registries_any_size_train_and_eval(method):
     assert all(g is not None and torch.isfinite(g).all() for g in grads)
 
 
+@pytest.mark.parametrize('vit_feature', ['last', 'per_interaction', 'none'])
+def test_outputs_are_contiguous_so_mmcv_roi_align_reads_them_right(vit_feature):
+    # mmcv's RoIAlign reads raw NCHW memory; a channels-last view (what token sequences reshape
+    # into) gives it wrong features without any error. torchvision's roi_align honours strides.
+    from mmcv.ops import roi_align
+    from torchvision.ops import roi_align as tv_roi_align
+    model = randomize(small_backbone('AbsolutePE', vit_feature=vit_feature))
+    rois = torch.tensor([[0, 3.0, 5.0, 40.0, 30.0], [1, 10.0, 0.0, 63.0, 50.0]])
+    for train in (True, False):
+        model.train(train)
+        with torch.no_grad():
+            outs = model(torch.randn(2, 3, 64, 64))
+        for stride, fmap in zip((4, 8, 16, 32), outs):
+            assert fmap.is_contiguous()
+            ours = roi_align(fmap, rois, (7, 7), 1 / stride, 2, 'avg', True)
+            ref = tv_roi_align(fmap, rois, (7, 7), 1 / stride, 2, aligned=True)
+            torch.testing.assert_close(ours, ref, atol=1e-5, rtol=1e-5)
+
+
 def test_parameter_count_matches_the_published_tiny_backbone():
     model = ViTAdapter()
     n = sum(p.numel() for p in model.parameters())

@@ -302,7 +302,9 @@ class ViTAdapter(BaseModule):
                     fmap = F.interpolate(fmap, scale_factor=scale, mode='bilinear',
                                          align_corners=False)
                 outs[i] = outs[i] + fmap
-        outs = [getattr(self, f'norm{i + 1}')(out) for i, out in enumerate(outs)]
+        # The maps above are channels-last views of token sequences. Heads that read raw memory
+        # (mmcv's RoIAlign, CPU and CUDA) assume contiguous NCHW, so hand out contiguous maps.
+        outs = [getattr(self, f'norm{i + 1}')(out).contiguous() for i, out in enumerate(outs)]
         return tuple(outs[i] for i in self.out_indices)
 
 
