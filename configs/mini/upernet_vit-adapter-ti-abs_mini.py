@@ -1,8 +1,8 @@
 # UperNet + FCN auxiliary head on ViT-Adapter-Ti (the full Tiny backbone, random init) on the
 # bundled mini ADE20K-format data (tools/make_mini_data.py: 128 x 128 images, background plus
 # circles / squares / triangles as ADE labels 1-4), trained on the CPU in a few minutes. Whole-image
-# inference (the images are smaller than a 512 crop) and a short schedule are what differ from the
-# ADE20K configs; the layer-decay AdamW and the model are the same.
+# inference (the images are smaller than a 512 crop), a 256-channel decoder (512 in the ADE20K
+# configs) and a short schedule are what differ; backbone and layer-decay AdamW are the same.
 _base_ = [
     '../_base_/models/upernet_vit-adapter-ti.py',
     'mmseg::_base_/default_runtime.py',
@@ -13,6 +13,9 @@ crop_size = (128, 128)
 model = dict(
     data_preprocessor=dict(size=crop_size),
     backbone=dict(pos_embed=dict(type='AbsolutePE'), drop_path_rate=0.0),
+    # The decoder's 3x3 convolutions at 1/4 resolution cost most of a CPU step at 512 channels
+    # (2.8 s vs 1.3 s per batch of 4 here); the backbone is untouched.
+    decode_head=dict(channels=256),
     test_cfg=dict(mode='whole'))
 
 train_pipeline = [
@@ -52,7 +55,7 @@ val_cfg = dict(type='ValLoop')
 test_cfg = dict(type='TestLoop')
 optim_wrapper = dict(
     type='OptimWrapper',
-    optimizer=dict(type='AdamW', lr=4e-4, betas=(0.9, 0.999), weight_decay=0.01),
+    optimizer=dict(type='AdamW', lr=4e-4, betas=(0.9, 0.999), weight_decay=0.01, fused=True),
     constructor='ViTAdapterLayerDecayOptimizerConstructor',
     paramwise_cfg=dict(num_layers=12, layer_decay_rate=0.95))
 param_scheduler = [
