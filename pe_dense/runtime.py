@@ -11,10 +11,15 @@ set-up for the project's tools.
 2. Distributed training on CPU. mmengine's ``init_dist`` calls ``torch.cuda.set_device`` and its
    DDP wrapper passes ``device_ids``, both of which fail without a GPU; :func:`setup_distributed`
    starts a gloo process group first and wraps without device ids.
+
+:func:`add_run_args` and :func:`load_run_config` are the command-line pieces that
+``tools/train.py`` and ``tools/test.py`` share.
 """
 from __future__ import annotations
 
+import argparse
 import os
+import os.path as osp
 
 import torch
 from mmengine.runner.checkpoint import CheckpointLoader
@@ -48,3 +53,29 @@ def setup_distributed(cfg, launcher: str) -> None:
     elif launcher != 'pytorch':
         raise RuntimeError(f'launcher {launcher!r} without CUDA is not supported; use torchrun '
                            '(--launcher pytorch) with the gloo backend')
+
+
+def add_run_args(parser: argparse.ArgumentParser) -> None:
+    """``--work-dir``, ``--cfg-options``, ``--launcher`` and ``--local-rank``."""
+    from mmengine.config import DictAction
+    parser.add_argument('--work-dir', help='where logs (and checkpoints) go')
+    parser.add_argument('--cfg-options', nargs='+', action=DictAction,
+                        help='override config entries, e.g. train_cfg.max_iters=100')
+    parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'],
+                        default='none')
+    parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
+
+
+def load_run_config(args: argparse.Namespace):
+    """The config of ``args.config`` with the launcher, ``--cfg-options`` and the work dir
+    (``--work-dir``, else the config's, else ``work_dirs/<config name>``) applied; sets
+    ``LOCAL_RANK`` for launchers that pass ``--local-rank``."""
+    from mmengine.config import Config
+    os.environ.setdefault('LOCAL_RANK', str(args.local_rank))
+    cfg = Config.fromfile(args.config)
+    cfg.launcher = args.launcher
+    if args.cfg_options:
+        cfg.merge_from_dict(args.cfg_options)
+    cfg.work_dir = args.work_dir or cfg.get('work_dir') or osp.join(
+        'work_dirs', osp.splitext(osp.basename(args.config))[0])
+    return cfg

@@ -7,46 +7,32 @@ Distributed: ``tools/dist_test.sh CONFIG CHECKPOINT GPUS``.
 """
 import argparse
 import json
-import os
 import os.path as osp
 import warnings
 
 warnings.filterwarnings('ignore', message='pkg_resources is deprecated')
 
-from mmengine.config import Config, DictAction  # noqa: E402
 from mmengine.dist import get_rank  # noqa: E402
 from mmengine.runner import Runner  # noqa: E402
 
 import pe_dense  # noqa: E402,F401  (registers modules, fixes checkpoint loading)
-from pe_dense.runtime import setup_distributed  # noqa: E402
+from pe_dense.runtime import add_run_args, load_run_config, setup_distributed  # noqa: E402
 
 
 def parse_args():
     parser = argparse.ArgumentParser(description='Evaluate a pe-dense checkpoint')
     parser.add_argument('config', help='config file path')
     parser.add_argument('checkpoint', help='checkpoint file')
-    parser.add_argument('--work-dir', help='where the evaluation logs go')
     parser.add_argument('--out', help='write the metrics to this JSON file')
-    parser.add_argument('--cfg-options', nargs='+', action=DictAction,
-                        help='override config entries')
-    parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'],
-                        default='none')
-    parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
-    args = parser.parse_args()
-    os.environ.setdefault('LOCAL_RANK', str(args.local_rank))
-    return args
+    add_run_args(parser)
+    return parser.parse_args()
 
 
 def main():
     args = parse_args()
     if not osp.isfile(args.checkpoint):
         raise SystemExit(f'checkpoint {args.checkpoint} does not exist')
-    cfg = Config.fromfile(args.config)
-    cfg.launcher = args.launcher
-    if args.cfg_options:
-        cfg.merge_from_dict(args.cfg_options)
-    cfg.work_dir = args.work_dir or cfg.get('work_dir') or osp.join(
-        'work_dirs', osp.splitext(osp.basename(args.config))[0])
+    cfg = load_run_config(args)
     cfg.load_from = args.checkpoint
     setup_distributed(cfg, args.launcher)
     metrics = Runner.from_cfg(cfg).test()

@@ -8,46 +8,32 @@ Distributed: ``tools/dist_train.sh CONFIG GPUS`` (torchrun) or ``tools/slurm_tra
 CUDA, torchrun processes use the gloo backend.
 """
 import argparse
-import os
-import os.path as osp
 import warnings
 
 warnings.filterwarnings('ignore', message='pkg_resources is deprecated')
 
-from mmengine.config import Config, DictAction  # noqa: E402
+from mmengine.config import Config  # noqa: E402
 from mmengine.runner import Runner  # noqa: E402
 
 import pe_dense  # noqa: E402,F401  (registers modules, fixes checkpoint loading)
-from pe_dense.runtime import setup_distributed  # noqa: E402
+from pe_dense.runtime import add_run_args, load_run_config, setup_distributed  # noqa: E402
 
 
 def parse_args():
     parser = argparse.ArgumentParser(description='Train a pe-dense detector or segmentor')
     parser.add_argument('config', help='train config file path')
-    parser.add_argument('--work-dir', help='where logs and checkpoints go')
     parser.add_argument('--resume', nargs='?', const='auto', default=None,
                         help='resume from CKPT, or without a value from the latest checkpoint '
                         'in the work dir')
     parser.add_argument('--amp', action='store_true', help='automatic mixed precision')
     parser.add_argument('--auto-scale-lr', action='store_true',
                         help='scale the lr by (total batch) / auto_scale_lr.base_batch_size')
-    parser.add_argument('--cfg-options', nargs='+', action=DictAction,
-                        help='override config entries, e.g. train_cfg.max_iters=100')
-    parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'],
-                        default='none')
-    parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
-    args = parser.parse_args()
-    os.environ.setdefault('LOCAL_RANK', str(args.local_rank))
-    return args
+    add_run_args(parser)
+    return parser.parse_args()
 
 
 def build_config(args) -> Config:
-    cfg = Config.fromfile(args.config)
-    cfg.launcher = args.launcher
-    if args.cfg_options:
-        cfg.merge_from_dict(args.cfg_options)
-    cfg.work_dir = args.work_dir or cfg.get('work_dir') or osp.join(
-        'work_dirs', osp.splitext(osp.basename(args.config))[0])
+    cfg = load_run_config(args)
     if args.amp:
         cfg.optim_wrapper.type = 'AmpOptimWrapper'
         cfg.optim_wrapper.setdefault('loss_scale', 'dynamic')

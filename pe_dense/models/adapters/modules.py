@@ -92,29 +92,40 @@ class ConvFFN(nn.Module):
         return self.drop(self.fc2(x))
 
 
-class Injector(nn.Module):
-    """ViT tokens query the adapter's multi-scale features: ``x + gamma * MSDA(LN(x), LN(c))``."""
+class _CrossAttention(nn.Module):
+    """Shared part of the injector and the extractor: ``MSDA(LN(query), LN(feat))`` with the
+    query and feature norms, and the optional gradient checkpointing of the whole update."""
 
-    def __init__(self, dim: int, num_heads: int = 6, n_points: int = 4, n_levels: int = 3,
-                 deform_ratio: float = 1.0, init_values: float = 0.0, norm_eps: float = 1e-6,
-                 with_cp: bool = False) -> None:
+    def __init__(self, dim: int, num_heads: int, n_points: int, n_levels: int,
+                 deform_ratio: float, norm_eps: float, with_cp: bool) -> None:
         super().__init__()
         self.query_norm = nn.LayerNorm(dim, eps=norm_eps)
         self.feat_norm = nn.LayerNorm(dim, eps=norm_eps)
         self.attn = MSDeformAttn(d_model=dim, n_levels=n_levels, n_heads=num_heads,
                                  n_points=n_points, ratio=deform_ratio)
-        self.gamma = nn.Parameter(init_values * torch.ones(dim))
         self.with_cp = with_cp
+
+    def _attend(self, query: Tensor, feat: Tensor, deform: DeformInputs) -> Tensor:
+        return self.attn(self.query_norm(query), deform[0], self.feat_norm(feat), deform[1],
+                         deform[2])
+
+
+class Injector(_CrossAttention):
+    """ViT tokens query the adapter's multi-scale features: ``x + gamma * MSDA(LN(x), LN(c))``."""
+
+    def __init__(self, dim: int, num_heads: int = 6, n_points: int = 4, n_levels: int = 3,
+                 deform_ratio: float = 1.0, init_values: float = 0.0, norm_eps: float = 1e-6,
+                 with_cp: bool = False) -> None:
+        super().__init__(dim, num_heads, n_points, n_levels, deform_ratio, norm_eps, with_cp)
+        self.gamma = nn.Parameter(init_values * torch.ones(dim))
 
     def forward(self, query: Tensor, feat: Tensor, deform: DeformInputs) -> Tensor:
         def inner(query: Tensor, feat: Tensor) -> Tensor:
-            attn = self.attn(self.query_norm(query), deform[0], self.feat_norm(feat), deform[1],
-                             deform[2])
-            return query + self.gamma * attn
+            return query + self.gamma * self._attend(query, feat, deform)
         return maybe_checkpoint(inner, query, feat, enabled=self.with_cp)
 
 
-class Extractor(nn.Module):
+class Extractor(_CrossAttention):
     """Adapter tokens query the ViT tokens: ``c + MSDA(LN(c), LN(x))``, then
     ``+ ConvFFN(LN(c))``."""
 
@@ -122,23 +133,17 @@ class Extractor(nn.Module):
                  deform_ratio: float = 1.0, with_cffn: bool = True, cffn_ratio: float = 0.25,
                  drop: float = 0.0, drop_path: float = 0.0, norm_eps: float = 1e-6,
                  with_cp: bool = False) -> None:
-        super().__init__()
-        self.query_norm = nn.LayerNorm(dim, eps=norm_eps)
-        self.feat_norm = nn.LayerNorm(dim, eps=norm_eps)
-        self.attn = MSDeformAttn(d_model=dim, n_levels=n_levels, n_heads=num_heads,
-                                 n_points=n_points, ratio=deform_ratio)
+        super().__init__(dim, num_heads, n_points, n_levels, deform_ratio, norm_eps, with_cp)
         self.with_cffn = with_cffn
         if with_cffn:
             self.ffn = ConvFFN(dim, int(dim * cffn_ratio), drop=drop)
             self.ffn_norm = nn.LayerNorm(dim, eps=norm_eps)
             self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
-        self.with_cp = with_cp
 
     def forward(self, query: Tensor, feat: Tensor, deform: DeformInputs,
                 shapes: Sequence[Tuple[int, int]]) -> Tensor:
         def inner(query: Tensor, feat: Tensor) -> Tensor:
-            query = query + self.attn(self.query_norm(query), deform[0], self.feat_norm(feat),
-                                      deform[1], deform[2])
+            query = query + self._attend(query, feat, deform)
             if self.with_cffn:
                 query = query + self.drop_path(self.ffn(self.ffn_norm(query), shapes))
             return query
