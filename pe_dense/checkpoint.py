@@ -18,17 +18,19 @@ from __future__ import annotations
 
 import logging
 import os
-import pickle
 import re
 from collections import defaultdict
 from typing import Dict, Iterable, List, Optional, Tuple
 
-import torch
 from torch import Tensor, nn
 
+from pe_dense.safe_load import UnsafeCheckpointError, load_checkpoint_file
+
 FORMAT_VERSION = 1
-# Keys of classification checkpoints that no dense-prediction backbone uses.
+# Keys of classification checkpoints that no dense-prediction backbone uses (kept for a backbone
+# that has them: the classifier PEViT's cls_token and fc_norm).
 _CLASSIFIER_ONLY = re.compile(r'(cls_token|dist_token|head(_dist)?\..*|fc_norm\..*|pre_logits\..*)')
+_UNUSED_AFTER_PE = re.compile(r'norm\.|blocks\.\d+\.pe_norm\.')
 
 
 def read_checkpoint(path: str) -> dict:
@@ -41,23 +43,41 @@ def read_checkpoint(path: str) -> dict:
         except Exception as err:
             raise ValueError(f'could not read checkpoint {path}: {err}') from err
     else:
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f'checkpoint file {path} does not exist')
         try:
-            obj = torch.load(path, map_location='cpu', weights_only=True)
-        except pickle.UnpicklingError:
-            # Released mmdet/mmseg checkpoints keep Python objects in 'meta' (config text, class
-            # names); weights_only refuses them. The user named this file, so read it in full.
-            try:
-                obj = torch.load(path, map_location='cpu', weights_only=False)
-            except Exception as err:
-                raise ValueError(f'{path} is not a PyTorch checkpoint: {err}') from err
+            obj = load_checkpoint_file(path)
+        except FileNotFoundError as err:
+            raise FileNotFoundError(f'{err}{missing_file_hint(path)}') from None
+        except UnsafeCheckpointError:
+            raise
         except Exception as err:
             raise ValueError(f'{path} is not a PyTorch checkpoint: {err}') from err
     if not isinstance(obj, dict):
         raise ValueError(f'{path} holds a {type(obj).__name__}, not a checkpoint (a dict of '
                          'tensors, or one under "state_dict" or "model")')
     return obj
+
+
+_PRETRAINED = re.compile(r'deit-(ti|s|b)_(abs|none|peg|lape|pvg|mpvg)_in1k\.pth')
+_DEIT_RELEASE = 'https://dl.fbaipublicfiles.com/deit/deit_tiny_patch16_224-a1311bcf.pth'
+
+
+def missing_file_hint(path: str) -> str:
+    """What makes a missing pre-trained file: the pre-training config and the commands, for the
+    file names the dense configs use; empty for other names."""
+    name = os.path.basename(str(path))
+    if name == os.path.basename(_DEIT_RELEASE):
+        return (f'. It is the DeiT-Ti release: download {_DEIT_RELEASE} into '
+                f'{os.path.dirname(str(path)) or "."}/, or pre-train it with '
+                'configs/deit/deit-ti-abs_4xb256-300e_in1k.py')
+    m = _PRETRAINED.fullmatch(name)
+    if not m:
+        return ''
+    config = f'deit-{m.group(1)}-{m.group(2)}_4xb256-300e_in1k'
+    return (f'. It is made by ImageNet pre-training with configs/deit/{config}.py:\n'
+            f'  bash tools/dist_train.sh configs/deit/{config}.py 4\n'
+            f'  cp work_dirs/{config}/epoch_300.pth {path}\n'
+            '(the classifier checkpoint is read as it is: its backbone.* keys load into '
+            'ViTAdapter)')
 
 
 def unwrap_state_dict(obj: dict, source: str = 'checkpoint') -> Dict[str, Tensor]:
@@ -76,25 +96,39 @@ def unwrap_state_dict(obj: dict, source: str = 'checkpoint') -> Dict[str, Tensor
 
 def convert_backbone_keys(backbone: nn.Module, state_dict: Dict[str, Tensor]) -> Dict[str, Tensor]:
     """Backbone-relative keys of any accepted layout -> this backbone's parameter names."""
+    own = backbone.state_dict(keep_vars=True).keys()
     out = {}
     for key, value in state_dict.items():
-        if _CLASSIFIER_ONLY.fullmatch(key):
+        if _CLASSIFIER_ONLY.fullmatch(key) and key not in own:
             continue
         # timm's layer scale (ls1.gamma) is ViT-Adapter's gamma1.
         key = re.sub(r'^(blocks\.\d+)\.ls([12])\.gamma$', r'\1.gamma\2', key)
         out[key] = value
     out = backbone.pos_embed.convert_checkpoint(out)
-    # DeiT's final norm: only a method that uses it (MPVG) has renamed it by now.
-    return {k: v for k, v in out.items() if not k.startswith('norm.')}
+    # DeiT's final norm and LaPE's PE norms: a method that uses them has renamed them by now.
+    return {k: v for k, v in out.items() if k in own or not _UNUSED_AFTER_PE.match(k)}
+
+
+def dropped_keys(backbone: nn.Module, state_dict: Dict[str, Tensor]) -> List[str]:
+    """The keys of ``state_dict`` that :func:`convert_backbone_keys` drops: class/distillation
+    tokens, heads, pooling norms, a PE table or PE norm the backbone's method does not use."""
+    return [k for k, v in state_dict.items() if not convert_backbone_keys(backbone, {k: v})]
 
 
 def convert_state_dict_hook(module: nn.Module, state_dict: dict, prefix: str, *args) -> None:
-    """``load_state_dict`` pre-hook of the backbone: converts the keys under ``prefix`` in place
-    and refuses a tensor whose shape does not fit, naming the key and both shapes."""
+    """``load_state_dict`` pre-hook of the backbone: converts the keys under ``prefix`` in place,
+    logs the keys it drops (one line) and refuses a tensor whose shape does not fit, naming the
+    key and both shapes."""
     sub = {k[len(prefix):]: state_dict.pop(k) for k in list(state_dict) if k.startswith(prefix)}
     if not sub:
         return
     converted = convert_backbone_keys(module, sub)
+    dropped = dropped_keys(module, sub)
+    if dropped:
+        from mmengine.logging import MMLogger
+        MMLogger.get_current_instance().info(
+            f'{type(module).__name__} ({type(module.pos_embed).__name__}): checkpoint keys not '
+            f'used by this backbone, dropped ({len(dropped)}): {summarize_keys(dropped)}')
     own = module.state_dict()
     for key, value in converted.items():
         if key in own and own[key].shape != value.shape:
@@ -110,7 +144,7 @@ def summarize_keys(keys: Iterable[str]) -> str:
     groups: Dict[str, set] = defaultdict(set)
     for key in keys:
         head, _, rest = key.partition('.')
-        groups[head].add(re.sub(r'\.\d+(?=\.|$)', '.*', rest) if rest else '')
+        groups[head].add(re.sub(r'(^|\.)\d+(?=\.|$)', r'\1*', rest) if rest else '')
     parts = []
     for head in sorted(groups):
         leaves = sorted(groups[head] - {''})
@@ -140,9 +174,13 @@ def load_backbone_checkpoint(backbone: nn.Module, path: str, prefix: Optional[st
         if not state_dict:
             raise ValueError(f'{path} has no keys under the prefix {prefix!r}')
     n_in = len(state_dict)
-    result = backbone.load_state_dict(state_dict, strict=False)
+    # Converted here, so the one log line can name what the conversion drops; the pre-hook then
+    # finds nothing left to convert or drop.
+    dropped = dropped_keys(backbone, state_dict)
+    result = backbone.load_state_dict(convert_backbone_keys(backbone, state_dict), strict=False)
     msg = (f'loaded {path} into {type(backbone).__name__} '
            f'({type(backbone.pos_embed).__name__}): {n_in} tensors read; '
+           f'dropped ({len(dropped)}): {summarize_keys(dropped)}; '
            f'missing ({len(result.missing_keys)}): {summarize_keys(result.missing_keys)}; '
            f'unexpected ({len(result.unexpected_keys)}): {summarize_keys(result.unexpected_keys)}')
     (logger or logging.getLogger(__name__)).info(msg)

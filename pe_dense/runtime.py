@@ -3,11 +3,12 @@
 set-up for the project's tools.
 
 1. Checkpoint reading. mmengine calls ``torch.load(filename, map_location)``; since torch 2.6
-   that means ``weights_only=True``, which refuses mmengine's own checkpoints (their
-   ``message_hub`` and ``meta`` pickle ``HistoryBuffer`` objects and numpy values through
-   ``getattr``, which no allow-list can admit safely), so ``--resume``, ``load_from`` and the test
-   scripts fail. The local-file loader is replaced by one that reads them as mmengine was written
-   to (``weights_only=False``): load only checkpoints you trust, as with any pickle.
+   that means ``weights_only=True`` with torch's default allow-list, which refuses mmengine's own
+   checkpoints (their ``message_hub`` pickles ``HistoryBuffer`` objects and numpy values), so
+   ``--resume``, ``load_from`` and the test scripts fail. The local-file loader is replaced by
+   :func:`pe_dense.safe_load.load_checkpoint_file`: still ``weights_only=True``, with an allow-list
+   of exactly what OpenMMLab checkpoints hold; anything else is refused with an error that says how
+   to trust a file.
 2. Distributed training on CPU. mmengine's ``init_dist`` calls ``torch.cuda.set_device`` and its
    DDP wrapper passes ``device_ids``, both of which fail without a GPU; :func:`setup_distributed`
    starts a gloo process group first and wraps without device ids.
@@ -24,13 +25,12 @@ import os.path as osp
 import torch
 from mmengine.runner.checkpoint import CheckpointLoader
 
+from pe_dense.safe_load import load_checkpoint_file
+
 
 def load_local_checkpoint(filename: str, map_location=None) -> dict:
-    """mmengine's local-file checkpoint loader, for torch >= 2.6 (see the module docstring)."""
-    filename = os.path.expanduser(filename)
-    if not os.path.isfile(filename):
-        raise FileNotFoundError(f'{filename} can not be found.')
-    return torch.load(filename, map_location=map_location, weights_only=False)
+    """mmengine's local-file loader: reads through the allow-list (module docstring)."""
+    return load_checkpoint_file(filename, map_location=map_location)
 
 
 def install_checkpoint_loader() -> None:

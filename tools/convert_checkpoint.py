@@ -16,8 +16,8 @@ import os
 
 import torch
 
-from pe_dense.checkpoint import (convert_backbone_keys, pe_dense_checkpoint, read_checkpoint,
-                                 summarize_keys, unwrap_state_dict)
+from pe_dense.checkpoint import (convert_backbone_keys, dropped_keys, pe_dense_checkpoint,
+                                 read_checkpoint, summarize_keys, unwrap_state_dict)
 from pe_dense.models import ViTAdapter
 
 
@@ -62,6 +62,7 @@ def convert(src, dst, pos_embed=None, config=None, backbone_only=False):
     prefix = 'backbone.' if whole_model else ''
     sub = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
     converted = convert_backbone_keys(backbone, sub)
+    dropped = dropped_keys(backbone, sub)
     # Loading checks every shape (an error names the key and both shapes).
     result = backbone.load_state_dict(converted, strict=False)
     unexpected = result.unexpected_keys
@@ -76,7 +77,8 @@ def convert(src, dst, pos_embed=None, config=None, backbone_only=False):
     torch.save(pe_dense_checkpoint(out, pos_embed, source=src), dst)
     print(f'wrote {dst}: {len(out)} tensors for a {pos_embed} backbone'
           f'{" (whole model)" if whole_model and not backbone_only else ""}; backbone parameters '
-          f'not in the source (left to their initialisation): {summarize_keys(missing)}')
+          f'not in the source (left to their initialisation): {summarize_keys(missing)}; '
+          f'source keys this backbone does not use, dropped: {summarize_keys(dropped)}')
     return out
 
 
