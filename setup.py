@@ -1,4 +1,4 @@
-"""Packaging for pe-dense, an MMDetection 3.x / MMSegmentation 1.x plugin.
+"""Packaging for pe-dense, an MMDetection 3.x / MMSegmentation 1.x / MMPretrain 1.x plugin.
 
 mmcv 2.x has no wheels on PyPI: build it first (``tools/setup_env.sh`` does, and caches the
 wheel), or install a CUDA build from OpenMMLab's wheel index, then ``pip install -e .``.
@@ -9,18 +9,20 @@ setup(
     name='pe-dense',
     version='0.1.0',
     description='Position encodings (absolute, PEG, LaPE, PVG, MPVG) for ViT-Adapter '
-    'in MMDetection 3.x and MMSegmentation 1.x',
+    'in MMDetection 3.x and MMSegmentation 1.x, pre-trained with MMPretrain 1.x',
     long_description=open('README.md', encoding='utf-8').read(),
     long_description_content_type='text/markdown',
     packages=find_packages(include=['pe_dense', 'pe_dense.*']),
     python_requires='>=3.9',
     install_requires=[
-        'torch>=2.0',
+        # weights_only loading with a scoped allow-list of (object, name) pairs needs torch 2.6.
+        'torch>=2.6',
         'torchvision',
         'mmengine==0.10.7',
         'mmcv>=2.0.0rc4,<2.2.0',
         'mmdet==3.3.0',
         'mmsegmentation==1.2.2',
+        'mmpretrain==1.2.0',
         'timm>=0.9',
         'pycocotools',
         # mmseg imports these without declaring them.

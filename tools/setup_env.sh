@@ -21,6 +21,7 @@ MMCV_SHA256=d387bcab66b467479b6660310e23746cfc79c6e57acf04094680adb499a5cd3f
 MMENGINE_VERSION=0.10.7
 MMDET_VERSION=3.3.0
 MMSEG_VERSION=1.2.2
+MMPRETRAIN_VERSION=1.2.0
 NSTEPS=6
 
 CURRENT_STEP="start"
@@ -136,16 +137,19 @@ PYEOF
     have_mmcv_ops || { echo "[setup] mmcv installed but mmcv.ops does not load" >&2; false; }
 fi
 
-step 5 "mmdet $MMDET_VERSION, mmsegmentation $MMSEG_VERSION, timm, pycocotools, test tools"
+step 5 "mmdet $MMDET_VERSION, mmsegmentation $MMSEG_VERSION, mmpretrain $MMPRETRAIN_VERSION, timm, pycocotools, test tools"
 # mmengine imports pkg_resources at run time (removed from setuptools 81 on); torch wants >= 77.
-pipi "mmdet==$MMDET_VERSION" "mmsegmentation==$MMSEG_VERSION" timm pycocotools ftfy regex \
+# transformers is left out on purpose: beside pycocotools it makes `import mmpretrain` reach its
+# multimodal models, which fail on recent transformers releases.
+pipi "mmdet==$MMDET_VERSION" "mmsegmentation==$MMSEG_VERSION" "mmpretrain==$MMPRETRAIN_VERSION" \
+    timm pycocotools ftfy regex \
     'setuptools<81' \
     pytest ruff matplotlib
 
 step 6 "pe_dense (editable)"
 pipi --no-build-isolation --no-deps -e "$ROOT"
 "$PYV" -m pip check | grep -v -i 'no broken' || true
-"$PYV" -c 'import mmdet, mmseg, mmcv, torch, pe_dense
+"$PYV" -c 'import mmdet, mmseg, mmpretrain, mmcv, torch, pe_dense
 print(f"[setup] ready: torch {torch.__version__}, mmcv {mmcv.__version__}, mmdet {mmdet.__version__}, "
-      f"mmseg {mmseg.__version__}, pe_dense {pe_dense.__version__}")'
+      f"mmseg {mmseg.__version__}, mmpretrain {mmpretrain.__version__}, pe_dense {pe_dense.__version__}")'
 echo "$WANT" > "$STAMP"
