@@ -1,9 +1,12 @@
 """Small shared builders for the tests."""
 import torch
+from torch import nn
 
 from pe_dense.models import ViTAdapter
 
 METHODS = ('AbsolutePE', 'NoPE', 'PEG', 'LaPE', 'PVG', 'MPVG')
+DETECTION = dict(window_attn=[True, True, False] * 4, window_size=3, vit_feature='last')
+SEGMENTATION = dict(vit_feature='per_interaction')
 
 
 def small_backbone(method='AbsolutePE', seed=0, **kwargs):
@@ -15,16 +18,54 @@ def small_backbone(method='AbsolutePE', seed=0, **kwargs):
 
 
 def randomize(model, seed=1):
-    """Random values in every parameter and BN buffer, so that zero-initialised pieces (the
-    injector's gamma, LayerNorm biases) do not hide a wrong wiring."""
+    """Random values in every parameter and BN buffer, so that no piece hides a wrong wiring:
+    norm weights 1 + N(0, 0.2^2) and every bias N(0, 0.2^2) (not the initial 1 and 0), linear and
+    conv weights N(0, 1 / fan_in) (activations stay of order 1), layer-scale and injector gammas
+    1 + N(0, 0.2^2) (the published injector gamma starts at 0), PE tables and level embeddings
+    N(0, 0.5^2)."""
     g = torch.Generator().manual_seed(seed)
+
+    def normal(t, std, mean=0.0):
+        t.copy_(torch.randn(t.shape, generator=g, dtype=t.dtype) * std + mean)
+
     with torch.no_grad():
+        done = set()
+        for m in model.modules():
+            if isinstance(m, (nn.LayerNorm, nn.modules.batchnorm._NormBase)):
+                normal(m.weight, 0.2, 1.0)
+                normal(m.bias, 0.2)
+                if getattr(m, 'running_var', None) is not None:
+                    m.running_var.copy_(torch.rand(m.running_var.shape, generator=g) + 0.5)
+                    normal(m.running_mean, 0.1)
+            elif isinstance(m, (nn.Linear, nn.Conv2d, nn.ConvTranspose2d)):
+                fan_in = m.weight[0].numel()
+                normal(m.weight, fan_in ** -0.5)
+                if m.bias is not None:
+                    normal(m.bias, 0.2)
+            else:
+                continue
+            done.update(id(p) for p in m.parameters(recurse=False))
         for name, p in model.named_parameters():
-            p.copy_(torch.randn(p.shape, generator=g) * (0.5 if p.dim() > 1 else 0.2)
-                    + (1.0 if name.endswith('norm.weight') or 'gamma' in name else 0.0))
-        for name, b in model.named_buffers():
-            if name.endswith('running_var'):
-                b.copy_(torch.rand(b.shape, generator=g) + 0.5)
-            elif name.endswith('running_mean'):
-                b.copy_(torch.randn(b.shape, generator=g) * 0.1)
+            if id(p) in done:
+                continue
+            if p.dim() == 1:  # gamma1, gamma2 of the blocks, gamma of the injectors
+                normal(p, 0.2, 1.0)
+            else:  # position-encoding tables, level embeddings
+                normal(p, 0.5)
     return model
+
+
+def perturbed(method, seed=0, **kwargs):
+    """A Tiny backbone with every parameter moved off its initial value by a little noise (so the
+    zero-initialised attention weights, offsets and injector gamma all act), in eval mode."""
+    model = small_backbone(method, seed=seed, init_values=0.5, **kwargs)
+    g = torch.Generator().manual_seed(seed + 1)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn(p.shape, generator=g) * 0.05)
+    return model
+
+
+def rel_diff(a, b):
+    """max |a - b| / max |b| over a sequence of tensor pairs (the error relative to b's scale)."""
+    return max(((x - y).abs().max() / y.abs().max()).item() for x, y in zip(a, b))

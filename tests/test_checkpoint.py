@@ -1,5 +1,7 @@
-"""Checkpoint loading and conversion: DeiT release / timm files, LaPE-style, the released
-ViT-Adapter layout (whole detector and backbone alone), pe-dense files, and the errors."""
+"""Checkpoint loading and conversion: DeiT release / timm files (a randomised timm DeiT-Ti's blocks
+reproduced), LaPE-style, the released ViT-Adapter-T layout (key names and shapes of the published
+model, tests/fixtures/vit_adapter_t_keys.txt; whole detector and backbone alone), pe-dense files,
+and the errors."""
 import logging
 import os
 import subprocess
@@ -16,11 +18,32 @@ from pe_dense.models import ViTAdapter
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+RELEASED_KEYS = os.path.join(ROOT, 'tests', 'fixtures', 'vit_adapter_t_keys.txt')
+
+
+def randomize_timm(model, seed=0):
+    """Every weight of a timm ViT random and distinct: LayerNorm weights 1 + N(0, 0.2^2), every
+    bias N(0, 0.2^2), matrices N(0, 1 / fan_in), tokens and table N(0, 0.5^2). timm's own
+    initialisation leaves the norms at 1 and 0 and the biases at 0, which would hide swapped
+    norms or a dropped bias."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            noise = torch.randn(p.shape, generator=g)
+            if p.dim() == 1:
+                p.copy_(noise * 0.2 + (1.0 if 'norm' in name and name.endswith('weight') else 0.0))
+            elif name in ('cls_token', 'pos_embed'):
+                p.copy_(noise * 0.5)
+            else:
+                p.copy_(noise * p[0].numel() ** -0.5)
+    return model
+
+
 @pytest.fixture(scope='module')
 def deit(tmp_path_factory):
-    """A randomly initialised timm DeiT-Ti, saved as the DeiT release saves it."""
+    """A randomised timm DeiT-Ti, saved as the DeiT release saves it."""
     torch.manual_seed(0)
-    model = timm.create_model('deit_tiny_patch16_224', pretrained=False).eval()
+    model = randomize_timm(timm.create_model('deit_tiny_patch16_224', pretrained=False).eval())
     path = tmp_path_factory.mktemp('deit') / 'deit_tiny_patch16_224-a1311bcf.pth'
     torch.save({'model': model.state_dict()}, path)
     return model, path
@@ -44,13 +67,16 @@ def test_deit_release_loads_every_vit_weight_and_matches_timm_blocks(deit, caplo
     with torch.no_grad():
         ours = backbone.pos_embed.embed(backbone.patch_embed(img).flatten(1, 2), (14, 14))
         theirs = timm_model.patch_embed(img) + timm_model.pos_embed[:, 1:]
-        assert torch.allclose(ours, theirs, atol=1e-5)
-        tokens = torch.randn(2, 196, 192)
-        x, y = tokens, tokens
-        for ours_blk, theirs_blk in zip(backbone.blocks, timm_model.blocks):
-            x = ours_blk(x, (14, 14))
-            y = theirs_blk(y)
-            assert torch.allclose(x, y, atol=1e-5)
+        torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-5)
+        # Every weight is random (norms, biases), so swapped norms or a dropped bias differ by
+        # far more than the tolerance; each block is compared on its own input.
+        x = torch.randn(2, 196, 192)
+        for i, (ours_blk, theirs_blk) in enumerate(zip(backbone.blocks, timm_model.blocks)):
+            want = theirs_blk(x)
+            assert (want - x).abs().max() > 0.1
+            torch.testing.assert_close(ours_blk(x, (14, 14)), want, rtol=1e-5, atol=1e-5,
+                                       msg=lambda m, i=i: f'block {i}: {m}')
+            x = want
 
 
 def test_pretrained_init_cfg_route_and_resampled_grid(deit):
@@ -90,29 +116,53 @@ def test_lape_style_checkpoint(tmp_path, deit):
     assert torch.equal(mpvg.pos_embed.last_norm.weight, sd['norm.weight'])
 
 
-def official_vit_adapter_layout(backbone):
-    """The released ViT-Adapter-T backbone's keys: ours, with the (1, 197, 192) pos_embed."""
+def released_state_dict(seed=0):
+    """Random tensors in the layout of the released ViT-Adapter-T COCO file's backbone
+    (``backbone.*`` keys, shapes from ``tests/fixtures/vit_adapter_t_keys.txt``)."""
+    g = torch.Generator().manual_seed(seed)
     sd = {}
-    for k, v in backbone.state_dict().items():
-        if k == 'pos_embed.weight':
-            sd['pos_embed'] = torch.cat([torch.zeros(1, 1, 192), v], 1)
-        else:
-            sd[k] = v
+    with open(RELEASED_KEYS) as f:
+        for line in f:
+            if not line.strip() or line.startswith('#'):
+                continue
+            key, shape = line.split()
+            shape = tuple(int(n) for n in shape.split(',')) if shape != '-' else ()
+            if key.endswith('num_batches_tracked'):
+                sd[key] = torch.tensor(1000)
+            elif key.endswith('running_var'):
+                sd[key] = torch.rand(shape, generator=g) + 0.5
+            else:
+                sd[key] = torch.randn(shape, generator=g) * 0.1
     return sd
+
+
+def test_released_layout_fixture_is_the_published_tiny_backbone():
+    sd = released_state_dict()
+    assert sd['backbone.pos_embed'].shape == (1, 197, 192)
+    params = sum(v.numel() for k, v in sd.items()
+                 if not k.endswith(('running_mean', 'running_var', 'num_batches_tracked')))
+    assert params == 7_966_640
+    assert sum(v.numel() for v in ViTAdapter().parameters()) == params - 192  # the class slot
+    assert not any('cls_token' in k or '.norm.' in k for k in sd)
 
 
 def test_released_vit_adapter_checkpoint_into_detector_and_backbone(tmp_path):
     from mmengine.runner.checkpoint import load_checkpoint
     from torch import nn
-    src = randomize(small_backbone('AbsolutePE'))
-    official = official_vit_adapter_layout(src)
-    assert official['pos_embed'].shape == (1, 197, 192)
-    assert sum(v.numel() for k, v in official.items() if 'running' not in k
-               and 'num_batches' not in k) == 7_966_640
-    whole = {f'backbone.{k}': v for k, v in official.items()}
+    released = released_state_dict()
+    whole = dict(released)
     whole['neck.lateral.weight'] = torch.randn(4, 4)
-    path = tmp_path / 'mask_rcnn_vit_adapter_tiny.pth'
+    path = tmp_path / 'mask_rcnn_deit_adapter_tiny_fpn_3x_coco.pth'
     torch.save({'state_dict': whole, 'meta': {'epoch': 36}}, path)
+
+    def check(backbone):
+        own = backbone.state_dict()
+        for key, value in released.items():
+            key = key[len('backbone.'):]
+            if key == 'pos_embed':
+                assert torch.equal(own['pos_embed.weight'], value[:, 1:])
+            else:
+                assert torch.equal(own[key], value), key
 
     class Detector(nn.Module):
         def __init__(self):
@@ -122,16 +172,15 @@ def test_released_vit_adapter_checkpoint_into_detector_and_backbone(tmp_path):
             self.neck.lateral = nn.Linear(4, 4, bias=False)
 
     det = Detector()
-    load_checkpoint(det, str(path), map_location='cpu', strict=True)
+    load_checkpoint(det, str(path), map_location='cpu', strict=True)  # nothing missing/unexpected
+    check(det.backbone)
+    alone = small_backbone('AbsolutePE', seed=7)
+    missing, unexpected = load_backbone_checkpoint(alone, str(path))
+    assert missing == [] and unexpected == []
+    check(alone)
     img = torch.randn(1, 3, 64, 96)
     with torch.no_grad():
-        want = src(img)
-        for a, b in zip(det.backbone.eval()(img), want):
-            assert torch.equal(a, b)
-        alone = small_backbone('AbsolutePE', seed=7)
-        missing, unexpected = load_backbone_checkpoint(alone, str(path))
-        assert missing == [] and unexpected == []
-        for a, b in zip(alone(img), want):
+        for a, b in zip(alone(img), det.backbone.eval()(img)):
             assert torch.equal(a, b)
 
 

@@ -3,7 +3,7 @@ against the equations computed by hand (REFERENCE section 1)."""
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import METHODS, randomize, small_backbone
+from helpers import randomize, small_backbone
 
 from pe_dense.models.pos_embed import build_pos_encoding
 
@@ -45,17 +45,40 @@ def test_unknown_name_and_option_are_clear_errors():
         pe_params('PEG', after_block=12)
 
 
+# A 64 x 96 image on a model pre-trained at 64: a non-square 4 x 6 grid, the 4 x 4 table resampled.
+IMG = (64, 96)
+GRID = (4, 6)
+
+
 def capture(model):
-    """Hooks: patch tokens, each block's input and output, each attention's input."""
-    rec = {'block_in': {}, 'block_out': {}, 'attn_in': {}}
+    """Hooks: patch tokens, each block's input and output, each attention's input, each
+    injector's query and output, each extractor's (and extra extractor's) ViT-token input, and
+    the input and output of the position encoding's ``final``."""
+    rec = {key: {} for key in ('block_in', 'block_out', 'attn_in', 'inject_in', 'inject_out',
+                               'extract_feat')}
     model.patch_embed.register_forward_hook(
         lambda m, a, out: rec.__setitem__('patches', out.flatten(1, 2)))
     for i, blk in enumerate(model.blocks):
         blk.register_forward_pre_hook(lambda m, a, i=i: rec['block_in'].__setitem__(i, a[0]))
         blk.register_forward_hook(lambda m, a, out, i=i: rec['block_out'].__setitem__(i, out))
         blk.attn.register_forward_pre_hook(lambda m, a, i=i: rec['attn_in'].__setitem__(i, a[0]))
-    last = model.interactions[-1].extractor
-    last.register_forward_pre_hook(lambda m, a: rec.__setitem__('extract_feat', a[1]))
+    for k, inter in enumerate(model.interactions):
+        inter.injector.register_forward_pre_hook(
+            lambda m, a, k=k: rec['inject_in'].__setitem__(k, a[0]))
+        inter.injector.register_forward_hook(
+            lambda m, a, out, k=k: rec['inject_out'].__setitem__(k, out))
+        extractors = [inter.extractor, *(inter.extra_extractors or [])]
+        for j, ext in enumerate(extractors):
+            ext.register_forward_pre_hook(
+                lambda m, a, key=(k, j): rec['extract_feat'].__setitem__(key, a[1]))
+    pe = model.pos_embed
+    original_final = pe.final
+
+    def final(x, grid):
+        y = original_final(x, grid)
+        rec['final'] = (x, y)
+        return y
+    pe.final = final
     return rec
 
 
@@ -63,100 +86,89 @@ def ln(x, norm):
     return F.layer_norm(x, (x.shape[-1],), norm.weight, norm.bias, norm.eps)
 
 
-def expected_pos_chain(pe, first):
-    """pos_l by hand: start from the table (the grid is the pre-training grid: no resampling)."""
-    pos, out = pe.weight, {}
-    for i in range(first, 12):
-        pos = ln(pos, pe.norms[str(i)])
-        out[i] = pos
+def close(got, want, tol=1e-5):
+    """Equal up to ``tol`` relative to the scale of ``want``."""
+    return (got - want).abs().max().item() <= tol * max(1.0, want.abs().max().item())
+
+
+def resampled_table(pe):
+    """The 4 x 4 table resampled by hand to the 4 x 6 grid (bicubic, align_corners=False)."""
+    table = pe.weight.reshape(1, 4, 4, 192).permute(0, 3, 1, 2)
+    return F.interpolate(table, size=GRID, mode='bicubic',
+                         align_corners=False).flatten(2).transpose(1, 2)
+
+
+def peg_by_hand(pe, x):
+    """x + DWConv3x3(x as the 4 x 6 map), tokens in row-major order."""
+    fmap = x.transpose(1, 2).reshape(x.shape[0], 192, *GRID)
+    return x + F.conv2d(fmap, pe.proj.weight, pe.proj.bias, padding=1,
+                        groups=192).flatten(2).transpose(1, 2)
+
+
+def expected_block_pos(method, pe, pos):
+    """pos_l by hand: LaPE's chain from block 0, PVG's and MPVG's from block 1."""
+    first = {'LaPE': 0, 'PVG': 1, 'MPVG': 1}.get(method)
+    out = {}
+    if first is not None:
+        for i in range(first, 12):
+            pos = ln(pos, pe.norms[str(i)])
+            out[i] = pos
     return out
 
 
-@pytest.mark.parametrize('method', METHODS)
-def test_attention_input_follows_the_equations(method):
-    # A 64x64 image on a model pre-trained at 64: the 4x4 grid is the table's own grid.
-    # init_values=0 (published): the injector adds nothing, so block 0 sees the embedded tokens.
-    model = randomize(small_backbone(method, pretrain_size=64))
-    with torch.no_grad():
-        for inter in model.interactions:
-            inter.injector.gamma.zero_()
+VARIANTS = [('AbsolutePE', {}), ('NoPE', {}), ('PEG', {}), ('PEG', {'after_block': -1}),
+            ('LaPE', {}), ('PVG', {}), ('MPVG', {}), ('MPVG', {'last_norm_at': 'output'})]
+
+
+@pytest.mark.parametrize('method,opts', VARIANTS)
+def test_every_block_follows_the_equations(method, opts):
+    """Follows the tokens through the whole backbone on a non-square grid with non-zero injector
+    gammas: the tokens entering the first injector, each block's input and attention input (all
+    12 blocks), what comes between two blocks and between a block and the next injector, the
+    extractors' ViT input, and the tokens handed to the pyramid. An extra PEG or Last LN anywhere,
+    a PE added before instead of after an injector (or the other way round), a swapped grid in
+    the PEG, or a chain off by one block fails one of these."""
+    model = randomize(small_backbone(dict(type=method, **opts), pretrain_size=64))
+    assert all((inter.injector.gamma.abs() > 0.1).all() for inter in model.interactions)
     rec = capture(model)
     with torch.no_grad():
-        model(torch.randn(1, 3, 64, 64))
-    pe = model.pos_embed
-    patches = rec['patches']
-    x0 = rec['block_in'][0]
-    table = getattr(pe, 'weight', None)
-    if method in ('AbsolutePE', 'PVG', 'MPVG'):
-        assert torch.allclose(x0, patches + table, atol=1e-6)
-    else:
-        assert torch.allclose(x0, patches, atol=1e-6)
+        model(torch.randn(2, 3, *IMG))
+        pe = model.pos_embed
+        pos = resampled_table(pe) if hasattr(pe, 'weight') else None
+        patches = rec['patches']
+        if method in ('AbsolutePE', 'PVG', 'MPVG'):
+            x = patches + pos
+        elif method == 'PEG' and opts.get('after_block') == -1:
+            x = peg_by_hand(pe, patches)
+        else:
+            x = patches
+        block_pos = expected_block_pos(method, pe, pos)
+        last_norm = method == 'MPVG' and opts.get('last_norm_at', 'last_block') == 'last_block'
 
-    first = {'LaPE': 0, 'PVG': 1, 'MPVG': 1}.get(method)
-    chain = expected_pos_chain(pe, first) if first is not None else {}
-    for i in range(12):
-        blk = model.blocks[i]
-        want = ln(rec['block_in'][i], blk.norm1) + (chain[i] if i in chain else 0)
-        assert torch.allclose(rec['attn_in'][i], want, atol=1e-5), (method, i)
-    if method == 'LaPE':
-        assert len(chain) == 12
-    if method in ('PVG', 'MPVG'):
-        assert 0 not in chain and len(chain) == 11
-
-    # Within an interaction, block i+1 starts from block i's output, except where the method acts.
-    out0 = rec['block_out'][0]
-    if method == 'PEG':
-        w, b = pe.proj.weight, pe.proj.bias
-        fmap = out0.transpose(1, 2).reshape(1, 192, 4, 4)
-        want = out0 + F.conv2d(fmap, w, b, padding=1, groups=192).flatten(2).transpose(1, 2)
-        assert torch.allclose(rec['block_in'][1], want, atol=1e-5)
-    else:
-        assert torch.allclose(rec['block_in'][1], out0, atol=1e-6)
-
-    # The last extractor reads the last block's tokens; MPVG's Last LN (default: after the last
-    # block) gives it LN(x_L) + LN''(pos_0).
-    x_last = rec['block_out'][11]
-    if method == 'MPVG':
-        want = ln(x_last, pe.last_norm) + ln(table, pe.last_pe_norm)
-        assert torch.allclose(rec['extract_feat'], want, atol=1e-5)
-    else:
-        assert torch.allclose(rec['extract_feat'], x_last, atol=1e-6)
-
-
-def test_mpvg_last_norm_at_output_leaves_the_extractor_alone():
-    model = randomize(small_backbone(dict(type='MPVG', last_norm_at='output'), pretrain_size=64))
-    rec = capture(model)
-    finals = []
-    orig_final = model.pos_embed.final
-
-    def spy(x, grid):
-        y = orig_final(x, grid)
-        finals.append((x, y))
-        return y
-    model.pos_embed.final = spy
-    with torch.no_grad():
-        model(torch.randn(1, 3, 64, 64))
-    assert torch.allclose(rec['extract_feat'], rec['block_out'][11], atol=1e-6)
-    x, y = finals[0]
-    pe = model.pos_embed
-    assert torch.allclose(y, ln(x, pe.last_norm) + ln(pe.weight, pe.last_pe_norm), atol=1e-5)
-
-
-def test_peg_before_first_injector():
-    model = randomize(small_backbone(dict(type='PEG', after_block=-1), pretrain_size=64))
-    with torch.no_grad():
-        for inter in model.interactions:
-            inter.injector.gamma.zero_()
-    rec = capture(model)
-    with torch.no_grad():
-        model(torch.randn(1, 3, 64, 64))
-    p = rec['patches']
-    fmap = p.transpose(1, 2).reshape(1, 192, 4, 4)
-    pe = model.pos_embed
-    want = p + F.conv2d(fmap, pe.proj.weight, pe.proj.bias, padding=1,
-                        groups=192).flatten(2).transpose(1, 2)
-    assert torch.allclose(rec['block_in'][0], want, atol=1e-5)
-    assert torch.allclose(rec['block_in'][1], rec['block_out'][0], atol=1e-6)
+        for k, (start, end) in enumerate(model.interaction_indexes):
+            assert close(rec['inject_in'][k], x), (method, 'injector', k)
+            x = rec['inject_out'][k]
+            assert not close(x, rec['inject_in'][k], 1e-2)  # the injector acts
+            for i in range(start, end + 1):
+                assert close(rec['block_in'][i], x), (method, 'block input', i)
+                want = ln(x, model.blocks[i].norm1) + block_pos.get(i, 0)
+                assert close(rec['attn_in'][i], want), (method, 'attention input', i)
+                x = rec['block_out'][i]
+                if method == 'PEG' and i == opts.get('after_block', 0):
+                    x = peg_by_hand(pe, x)
+                if last_norm and i == 11:
+                    x = ln(x, pe.last_norm) + ln(pos, pe.last_pe_norm)
+            extractors = 3 if k == 3 else 1
+            for j in range(extractors):
+                assert close(rec['extract_feat'][(k, j)], x), (method, 'extractor', k, j)
+        final_in, final_out = rec['final']
+        assert close(final_in, x)
+        if method == 'MPVG' and not last_norm:
+            assert close(final_out, ln(x, pe.last_norm) + ln(pos, pe.last_pe_norm))
+        else:
+            assert torch.equal(final_out, final_in)
+    assert set(block_pos) == {'LaPE': set(range(12)), 'PVG': set(range(1, 12)),
+                              'MPVG': set(range(1, 12))}.get(method, set())
 
 
 @pytest.mark.parametrize('method', ['AbsolutePE', 'LaPE', 'PVG', 'MPVG'])

@@ -1,5 +1,6 @@
 """The ViT-Adapter backbone: output shapes for every method from both registries, any input size,
-parameter count of the published Tiny backbone, attention variants, gradient checkpointing."""
+parameter count of the published Tiny backbone, attention variants, gradient checkpointing, and
+the adapter's wiring (injector, extractors, ConvFFN) against a written-out computation."""
 import math
 
 import pytest
@@ -9,6 +10,7 @@ from helpers import METHODS, randomize, small_backbone
 
 from pe_dense.models import ViTAdapter
 from pe_dense.models.backbones import Attention
+from pe_dense.models.ops import MSDeformAttn
 
 
 def expected_shapes(b, h, w):
@@ -119,7 +121,7 @@ def reference_window_attention(attn, x, grid):
 @pytest.mark.parametrize('grid,ws', [((6, 9), 4), ((4, 4), 2), ((5, 3), 7)])
 def test_windowed_attention_matches_written_out_reference(fused, grid, ws):
     torch.manual_seed(0)
-    attn = Attention(24, 3, window_size=ws, fused=fused).eval()
+    attn = Attention(24, 3, window_size=ws, fast_path=fused).eval()
     x = torch.randn(2, grid[0] * grid[1], 24)
     with torch.no_grad():
         assert torch.allclose(attn(x, grid), reference_window_attention(attn, x, grid), atol=1e-5)
@@ -127,8 +129,8 @@ def test_windowed_attention_matches_written_out_reference(fused, grid, ws):
 
 def test_global_attention_fused_equals_explicit():
     torch.manual_seed(0)
-    fused = Attention(24, 3, fused=True).eval()
-    plain = Attention(24, 3, fused=False).eval()
+    fused = Attention(24, 3, fast_path=True).eval()
+    plain = Attention(24, 3, fast_path=False).eval()
     plain.load_state_dict(fused.state_dict())
     x = torch.randn(2, 20, 24)
     assert torch.allclose(fused(x, (4, 5)), plain(x, (4, 5)), atol=1e-5)
@@ -155,7 +157,10 @@ def test_stochastic_depth_rates():
     model = ViTAdapter(drop_path_rate=0.1)
     rates = [getattr(b.drop_path, 'drop_prob', 0.0) for b in model.blocks]
     assert rates == pytest.approx([0.1 * i / 11 for i in range(12)])
-    assert model.interactions[0].extractor.drop_path.drop_prob == pytest.approx(0.1)
+    # Every extractor, the two extra ones included (as published), at the full rate.
+    extractors = [inter.extractor for inter in model.interactions]
+    extractors += list(model.interactions[-1].extra_extractors)
+    assert [e.drop_path.drop_prob for e in extractors] == pytest.approx([0.1] * 6)
 
 
 def test_bad_configurations_are_clear_errors():
@@ -172,3 +177,126 @@ def test_bad_configurations_are_clear_errors():
         model(torch.randn(1, 3, 16, 64))
     with pytest.raises(ValueError, match=r'\(B, 3, H, W\)'):
         model(torch.randn(3, 64, 64))
+
+
+# ----------------------------------------------------------------------------------------------
+# The adapter's wiring against a written-out computation (non-square grid, float64).
+
+def ln(x, norm):
+    return F.layer_norm(x, (x.shape[-1],), norm.weight, norm.bias, norm.eps)
+
+
+def cell_centres(h, w):
+    """(h*w, 2): (x, y) of each cell centre of an h x w map in [0, 1], row-major."""
+    ys = (torch.arange(h, dtype=torch.float64) + 0.5) / h
+    xs = (torch.arange(w, dtype=torch.float64) + 0.5) / w
+    return torch.stack([xs.repeat(h), ys.repeat_interleave(w)], -1)
+
+
+def bilinear_by_hand(fmap, x, y):
+    """fmap (B, D, h, w); x, y (B, Q, P) in [0, 1] -> (B, Q, P, D): bilinear, zero outside the map,
+    pixel (i, j) centred at ((j + 0.5) / w, (i + 0.5) / h)."""
+    b, d, h, w = fmap.shape
+    px, py = x * w - 0.5, y * h - 0.5
+    x0, y0 = px.floor(), py.floor()
+    flat = fmap.flatten(2)  # (B, D, h*w)
+    out = 0
+    for xi, yi in ((x0, y0), (x0 + 1, y0), (x0, y0 + 1), (x0 + 1, y0 + 1)):
+        weight = (1 - (px - xi).abs()) * (1 - (py - yi).abs())
+        inside = (xi >= 0) & (xi < w) & (yi >= 0) & (yi < h)
+        index = (yi.clamp(0, h - 1) * w + xi.clamp(0, w - 1)).long().view(b, 1, -1)
+        picked = flat.gather(2, index.expand(b, d, index.shape[-1])).view(b, d, *x.shape[1:])
+        out = out + (weight * inside).unsqueeze(1) * picked
+    return out.permute(0, 2, 3, 1)
+
+
+def deformable_attention_by_hand(attn, query, feat, points, levels):
+    """query (B, Q, C) and feat (B, S, C) already normalised; points (Q, 2) the reference (x, y)
+    of each query; levels the (h, w) of the feat levels in their order in S."""
+    b, q, _ = query.shape
+    m, n_levels, n_points = attn.n_heads, attn.n_levels, attn.n_points
+    value = F.linear(feat, attn.value_proj.weight, attn.value_proj.bias)
+    d = value.shape[-1] // m
+    offsets = F.linear(query, attn.sampling_offsets.weight, attn.sampling_offsets.bias)
+    offsets = offsets.view(b, q, m, n_levels, n_points, 2)
+    logits = F.linear(query, attn.attention_weights.weight, attn.attention_weights.bias)
+    weights = logits.view(b, q, m, n_levels * n_points).softmax(-1)  # over levels x points
+    weights = weights.view(b, q, m, n_levels, n_points)
+    out = torch.zeros(b, q, m, d, dtype=query.dtype)
+    start = 0
+    for level, (h, w) in enumerate(levels):
+        maps = value[:, start:start + h * w].reshape(b, h, w, m, d)
+        start += h * w
+        for head in range(m):
+            fmap = maps[..., head, :].permute(0, 3, 1, 2)
+            # Offsets are in cells of this level: x by the width, y by the height.
+            x = points[:, 0].view(1, q, 1) + offsets[:, :, head, level, :, 0] / w
+            y = points[:, 1].view(1, q, 1) + offsets[:, :, head, level, :, 1] / h
+            sampled = bilinear_by_hand(fmap, x, y)  # (B, Q, P, D)
+            out[:, :, head] += (weights[:, :, head, level, :, None] * sampled).sum(2)
+    assert start == feat.shape[1]
+    return F.linear(out.reshape(b, q, m * d), attn.output_proj.weight, attn.output_proj.bias)
+
+
+def conv_ffn_by_hand(ffn, x, levels):
+    """fc1 -> per level: tokens as an (h, w) map, depth-wise 3x3 conv -> GELU -> fc2."""
+    hidden = F.linear(x, ffn.fc1.weight, ffn.fc1.bias)
+    parts, start = [], 0
+    for h, w in levels:
+        tokens = hidden[:, start:start + h * w]
+        start += h * w
+        fmap = tokens.transpose(1, 2).reshape(x.shape[0], -1, h, w)
+        conv = ffn.dwconv.dwconv
+        fmap = F.conv2d(fmap, conv.weight, conv.bias, padding=1, groups=fmap.shape[1])
+        parts.append(fmap.flatten(2).transpose(1, 2))
+    return F.linear(F.gelu(torch.cat(parts, 1)), ffn.fc2.weight, ffn.fc2.bias)
+
+
+def capture_io(module, store, key):
+    module.register_forward_hook(lambda m, a, out: store.__setitem__(key, (a, out)))
+
+
+@pytest.mark.parametrize('fast_path', [True, False])
+def test_adapter_wiring_matches_a_written_out_computation(fast_path):
+    """Injector, extractor and extra extractor of a randomised backbone on a non-square 64 x 128
+    image (ViT grid 4 x 8; adapter levels 8 x 16, 4 x 8, 2 x 4) against plain-torch formulas:
+    reference points at cell centres in (x, y) order, offsets divided by (W, H) of their level,
+    one softmax over levels x points per head, the adapter levels in stride order 8, 16, 32 with
+    their level embeddings, and the ConvFFN's per-level maps."""
+    model = randomize(small_backbone('AbsolutePE', fast_path=fast_path)).double()
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, MSDeformAttn):  # offsets of a few cells: inside, across the border
+                m.sampling_offsets.weight.mul_(0.5)
+                m.sampling_offsets.bias.mul_(8.0)
+    rec = {}
+    capture_io(model.spm, rec, 'spm')
+    first, last = model.interactions[0], model.interactions[-1]
+    capture_io(first.injector, rec, 'injector')
+    capture_io(first.extractor, rec, 'extractor')
+    capture_io(last.extra_extractors[1], rec, 'extra')
+    with torch.no_grad():
+        model(torch.randn(2, 3, 64, 128, dtype=torch.float64))
+    grid, levels = (4, 8), [(8, 16), (4, 8), (2, 4)]
+
+    # The adapter tokens: c2, c3, c4 in stride order, each plus its level embedding.
+    _, (c1, *maps) = rec['spm']
+    c = torch.cat([t.flatten(2).transpose(1, 2) + model.level_embed[i]
+                   for i, t in enumerate(maps)], 1)
+    (x, feat, _), out = rec['injector']
+    assert torch.equal(feat, c)
+    inj = first.injector
+    attn = deformable_attention_by_hand(inj.attn, ln(x, inj.query_norm), ln(c, inj.feat_norm),
+                                        cell_centres(*grid), levels)
+    assert (attn.abs() > 0).all()
+    torch.testing.assert_close(out, x + inj.gamma * attn, rtol=1e-9, atol=1e-9)
+
+    points = torch.cat([cell_centres(h, w) for h, w in levels])
+    for name, ext in (('extractor', first.extractor), ('extra', last.extra_extractors[1])):
+        (query, feat, _, shapes), out = rec[name]
+        assert [tuple(s) for s in shapes] == levels
+        want = query + deformable_attention_by_hand(ext.attn, ln(query, ext.query_norm),
+                                                    ln(feat, ext.feat_norm), points, [grid])
+        want = want + conv_ffn_by_hand(ext.ffn, ln(want, ext.ffn_norm), levels)
+        torch.testing.assert_close(out, want, rtol=1e-9, atol=1e-9)
+

@@ -168,9 +168,10 @@ class InteractionBlock(nn.Module):
         self.injector = Injector(dim, n_levels=3, init_values=init_values, **common)
         self.extractor = Extractor(dim, n_levels=1, with_cffn=with_cffn, cffn_ratio=cffn_ratio,
                                    drop=drop, drop_path=drop_path, **common)
-        # The published model gives the extra extractors no dropout and no stochastic depth.
+        # As published, the extra extractors get the same dropout and stochastic depth.
         self.extra_extractors = nn.Sequential(*[
-            Extractor(dim, n_levels=1, with_cffn=with_cffn, cffn_ratio=cffn_ratio, **common)
+            Extractor(dim, n_levels=1, with_cffn=with_cffn, cffn_ratio=cffn_ratio, drop=drop,
+                      drop_path=drop_path, **common)
             for _ in range(2)
         ]) if extra_extractor else None
 

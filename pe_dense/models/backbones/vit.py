@@ -27,12 +27,12 @@ class Attention(nn.Module):
     Args:
         dim: channels C; num_heads: heads; qkv_bias: bias on the qkv projection.
         window_size: 0 for global attention, else the window side in tokens.
-        fused: use ``F.scaled_dot_product_attention``; False computes softmax(q k^T / sqrt(d)) v
+        fast_path: use ``F.scaled_dot_product_attention``; False computes softmax(q k^T / sqrt(d)) v
             explicitly (the reference path, kept for tests).
     """
 
     def __init__(self, dim: int, num_heads: int, *, qkv_bias: bool = True, attn_drop: float = 0.0,
-                 proj_drop: float = 0.0, window_size: int = 0, fused: bool = True) -> None:
+                 proj_drop: float = 0.0, window_size: int = 0, fast_path: bool = True) -> None:
         super().__init__()
         if dim % num_heads:
             raise ValueError(f'dim {dim} must be divisible by num_heads {num_heads}')
@@ -40,16 +40,16 @@ class Attention(nn.Module):
         self.head_dim = dim // num_heads
         self.scale = self.head_dim ** -0.5
         self.window_size = window_size
-        self.fused = fused
+        self.fast_path = fast_path
         self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
         self.attn_drop = nn.Dropout(attn_drop)
         self.proj = nn.Linear(dim, dim)
         self.proj_drop = nn.Dropout(proj_drop)
 
     def _attend(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
-        """``(..., N, d)`` each -> ``(..., N, d)``."""
+        """``(B', M, N, d)`` each (B' = batch, or batch x windows) -> ``(B', M, N, d)``."""
         drop = self.attn_drop.p if self.training else 0.0
-        if self.fused:
+        if self.fast_path:
             return F.scaled_dot_product_attention(q, k, v, dropout_p=drop)
         attn = (q * self.scale) @ k.transpose(-2, -1)
         attn = self.attn_drop(attn.softmax(dim=-1))
@@ -73,17 +73,19 @@ class Attention(nn.Module):
         hp, wp = math.ceil(h / ws) * ws, math.ceil(w / ws) * ws
         qkv = F.pad(qkv.view(b, h, w, c3), (0, 0, 0, wp - w, 0, hp - h))
         nh, nw = hp // ws, wp // ws
-        # (B, nh, ws, nw, ws, 3, M, d) -> (3, B, nh, nw, M, ws*ws, d)
+        # (B, nh, ws, nw, ws, 3, M, d) -> (3, B*nh*nw, M, ws*ws, d): the windows fold into the
+        # batch, so attention gets the 4-D (batch, heads, tokens, d) layout fused kernels take.
         qkv = qkv.view(b, nh, ws, nw, ws, 3, self.num_heads, self.head_dim)
         q, k, v = qkv.permute(5, 0, 1, 3, 6, 2, 4, 7).reshape(
-            3, b, nh, nw, self.num_heads, ws * ws, self.head_dim)
-        out = self._attend(q, k, v)  # (B, nh, nw, M, ws*ws, d)
-        out = out.view(b, nh, nw, self.num_heads, ws, ws, self.head_dim)
+            3, b * nh * nw, self.num_heads, ws * ws, self.head_dim)
+        out = self._attend(q, k, v)  # (B*nh*nw, M, ws*ws, d)
+        out = out.reshape(b, nh, nw, self.num_heads, ws, ws, self.head_dim)
         out = out.permute(0, 1, 4, 2, 5, 3, 6).reshape(b, hp, wp, c3 // 3)
         return out[:, :h, :w].reshape(b, n, c3 // 3)
 
     def extra_repr(self) -> str:
-        return f'num_heads={self.num_heads}, window_size={self.window_size}, fused={self.fused}'
+        return (f'num_heads={self.num_heads}, window_size={self.window_size}, '
+                f'fast_path={self.fast_path}')
 
 
 class Block(nn.Module):
@@ -91,17 +93,18 @@ class Block(nn.Module):
     ``x' = x + gamma1 * Attn(LN1(x) [+ pos])``, ``x'' = x' + gamma2 * MLP(LN2(x'))``.
 
     ``pos`` (``(1, N, C)``), when given, enters the attention input only, never the residual stream
-    or the MLP.
+    or the MLP. ``fast_path`` is handed to the attention: fused attention (True) or the explicit
+    reference computation (False), the same function.
     """
 
     def __init__(self, dim: int, num_heads: int, *, mlp_ratio: float = 4.0, qkv_bias: bool = True,
                  drop: float = 0.0, attn_drop: float = 0.0, drop_path: float = 0.0,
                  window_size: int = 0, layer_scale: bool = True, norm_eps: float = 1e-6,
-                 fused_attn: bool = True) -> None:
+                 fast_path: bool = True) -> None:
         super().__init__()
         self.norm1 = nn.LayerNorm(dim, eps=norm_eps)
         self.attn = Attention(dim, num_heads, qkv_bias=qkv_bias, attn_drop=attn_drop,
-                              proj_drop=drop, window_size=window_size, fused=fused_attn)
+                              proj_drop=drop, window_size=window_size, fast_path=fast_path)
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
         self.norm2 = nn.LayerNorm(dim, eps=norm_eps)
         self.mlp = Mlp(in_features=dim, hidden_features=int(dim * mlp_ratio), drop=drop)

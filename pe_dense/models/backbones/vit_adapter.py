@@ -167,9 +167,9 @@ class ViTAdapter(BaseModule):
         dpr = torch.linspace(0, drop_path_rate, depth).tolist()
         self.blocks = nn.Sequential(*[
             Block(embed_dim, num_heads, mlp_ratio=mlp_ratio, qkv_bias=qkv_bias,
-                        drop=drop_rate, attn_drop=attn_drop_rate, drop_path=dpr[i],
-                        window_size=window_size[i] if window_attn[i] else 0,
-                        layer_scale=layer_scale) for i in range(depth)
+                  drop=drop_rate, attn_drop=attn_drop_rate, drop_path=dpr[i],
+                  window_size=window_size[i] if window_attn[i] else 0,
+                  layer_scale=layer_scale, fast_path=fast_path) for i in range(depth)
         ])
 
         self.level_embed = nn.Parameter(torch.zeros(3, embed_dim))
@@ -188,7 +188,7 @@ class ViTAdapter(BaseModule):
         for i in range(1, 5):
             self.add_module(f'norm{i}', build_norm_layer(norm_cfg, embed_dim)[1])
         self._init_default_weights()
-        self._register_load_state_dict_pre_hook(convert_state_dict_hook, with_module=True)
+        self.register_load_state_dict_pre_hook(convert_state_dict_hook)
         self._deform_cache = GridCache()
         self.fast_path = fast_path
 
@@ -202,9 +202,9 @@ class ViTAdapter(BaseModule):
         self._fast_path = bool(enabled)
         for m in self.modules():
             if isinstance(m, Attention):
-                m.fused = self._fast_path
+                m.fast_path = self._fast_path
             elif isinstance(m, MSDeformAttn):
-                m.fast = self._fast_path
+                m.fast_path = self._fast_path
         self.pos_embed.cache_grid_tensors = self._fast_path
         self.pos_embed.clear_grid_cache()
         self._deform_cache.clear()

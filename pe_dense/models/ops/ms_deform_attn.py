@@ -7,6 +7,11 @@ Three implementations of the sampling, all bilinear with zero padding and ``alig
 - CPU, reference path: mmcv's PyTorch form (``multi_scale_deformable_attn_pytorch``: one
   ``grid_sample`` per level on ``(B*M, D, H, W)`` values), kept for tests and comparisons.
 
+The sampling runs in float32 whatever the precision around it, as the published CUDA kernel
+requires (its autograd function casts its inputs to float32 under autocast): half-precision
+locations lose the position inside a cell on large maps, and row indices computed in half precision
+point at wrong rows.
+
 This module holds the projections, with the parameter names of the published code, and the
 adapter's ``ratio`` (value channels = ``ratio * d_model``).
 """
@@ -25,7 +30,7 @@ from torch import Tensor, nn
 
 def ms_deform_attn_sample(value: Tensor, spatial_shapes: Tensor, level_start_index: Tensor,
                           sampling_locations: Tensor, attention_weights: Tensor,
-                          im2col_step: int = 64, fast: bool = True) -> Tensor:
+                          im2col_step: int = 64, fast_path: bool = True) -> Tensor:
     """Weighted bilinear sampling of multi-level values.
 
     Args:
@@ -36,21 +41,33 @@ def ms_deform_attn_sample(value: Tensor, spatial_shapes: Tensor, level_start_ind
             read zeros.
         attention_weights: ``(B, Q, M, L, P)``.
         im2col_step: batch chunk of the CUDA kernel.
-        fast: on the CPU, :func:`ms_deform_attn_gather` (True) or mmcv's per-level
+        fast_path: on the CPU, :func:`ms_deform_attn_gather` (True) or mmcv's per-level
             ``grid_sample`` form (False). CUDA tensors always use mmcv's kernel.
 
     Returns:
-        ``(B, Q, M * D)``.
+        ``(B, Q, M * D)`` in the dtype of ``value``. Half-precision inputs (float16, bfloat16) are
+        sampled in float32 with autocast off.
     """
-    if value.is_cuda:
-        return MultiScaleDeformableAttnFunction.apply(value, spatial_shapes, level_start_index,
-                                                      sampling_locations, attention_weights,
-                                                      im2col_step)
-    if fast:
-        return ms_deform_attn_gather(value, spatial_shapes, sampling_locations,
-                                     attention_weights)
-    return multi_scale_deformable_attn_pytorch(value, spatial_shapes, sampling_locations,
-                                               attention_weights)
+    dtype = value.dtype
+    with torch.autocast(value.device.type, enabled=False):
+        value, sampling_locations, attention_weights = _at_least_float32(
+            value, sampling_locations, attention_weights)
+        if value.is_cuda:
+            out = MultiScaleDeformableAttnFunction.apply(value, spatial_shapes, level_start_index,
+                                                         sampling_locations, attention_weights,
+                                                         im2col_step)
+        elif fast_path:
+            out = ms_deform_attn_gather(value, spatial_shapes, sampling_locations,
+                                        attention_weights)
+        else:
+            out = multi_scale_deformable_attn_pytorch(value, spatial_shapes, sampling_locations,
+                                                      attention_weights)
+    return out.to(dtype)
+
+
+def _at_least_float32(*tensors: Tensor) -> Tuple[Tensor, ...]:
+    """float16 and bfloat16 tensors cast to float32; float32 and float64 ones unchanged."""
+    return tuple(t.float() if t.dtype in (torch.float16, torch.bfloat16) else t for t in tensors)
 
 
 def ms_deform_attn_gather(value: Tensor, spatial_shapes: Tensor, sampling_locations: Tensor,
@@ -99,13 +116,15 @@ def _corner_rows(corner: Tensor, shapes: List[Tuple[int, int]], b: int, m: int) 
     """
     n_levels = len(shapes)
     padded_rows = sum((h + 3) * (w + 3) for h, w in shapes)
-    dtype, device = corner.dtype, corner.device
-    width = torch.tensor([w + 3 for _, w in shapes], dtype=dtype, device=device)
+    device = corner.device
+    # Integer arithmetic whatever the dtype of the locations: rows run past what half-precision
+    # floats represent exactly (257 and up for bfloat16, 2049 for float16).
+    corner = corner.long()
+    width = torch.tensor([w + 3 for _, w in shapes], dtype=torch.long, device=device)
     # Cell (x0, y0) of level l is cell (x0 + 1, y0 + 1) of its padded level.
     origin = torch.tensor([s + w + 4 for s, (_, w) in zip(_padded_starts(shapes), shapes)],
-                          dtype=dtype, device=device)
-    rows = (corner[..., 1] * width.view(n_levels, 1) + corner[..., 0]
-            + origin.view(n_levels, 1)).long()
+                          dtype=torch.long, device=device)
+    rows = corner[..., 1] * width.view(n_levels, 1) + corner[..., 0] + origin.view(n_levels, 1)
     rows += torch.arange(b, device=device).view(b, 1, 1, 1, 1) * padded_rows
     return rows * m + torch.arange(m, device=device).view(1, 1, m, 1, 1)
 
@@ -260,12 +279,12 @@ class MSDeformAttn(nn.Module):
         n_heads: attention heads; ``ratio * d_model`` must be divisible by it.
         n_points: sampling points per head and level.
         ratio: value channels as a fraction of ``d_model`` (ViT-Adapter's ``deform_ratio``).
-        fast: CPU sampling by :func:`ms_deform_attn_gather` (True) or mmcv's ``grid_sample`` form
-            (False); see :func:`ms_deform_attn_sample`.
+        fast_path: CPU sampling by :func:`ms_deform_attn_gather` (True) or mmcv's
+            ``grid_sample`` form (False); see :func:`ms_deform_attn_sample`.
     """
 
     def __init__(self, d_model: int = 256, n_levels: int = 4, n_heads: int = 8, n_points: int = 4,
-                 ratio: float = 1.0, fast: bool = True) -> None:
+                 ratio: float = 1.0, fast_path: bool = True) -> None:
         super().__init__()
         value_dim = int(d_model * ratio)
         if value_dim % n_heads:
@@ -277,7 +296,7 @@ class MSDeformAttn(nn.Module):
         self.n_points = n_points
         self.ratio = ratio
         self.value_dim = value_dim
-        self.fast = fast
+        self.fast_path = fast_path
         self.sampling_offsets = nn.Linear(d_model, n_heads * n_levels * n_points * 2)
         self.attention_weights = nn.Linear(d_model, n_heads * n_levels * n_points)
         self.value_proj = nn.Linear(d_model, value_dim)
@@ -321,20 +340,25 @@ class MSDeformAttn(nn.Module):
         value = self.value_proj(input_flatten)
         if input_padding_mask is not None:
             value = value.masked_fill(input_padding_mask[..., None], 0.0)
-        value = value.view(b, s, self.n_heads, self.value_dim // self.n_heads)
-        offsets = self.sampling_offsets(query).view(b, q, self.n_heads, self.n_levels,
-                                                    self.n_points, 2)
-        weights = self.attention_weights(query).view(b, q, self.n_heads,
-                                                     self.n_levels * self.n_points)
-        weights = F.softmax(weights, -1).view(b, q, self.n_heads, self.n_levels, self.n_points)
-        # Offsets are in cells of each level: divide by (W_l, H_l).
-        normalizer = spatial_shapes.flip(-1).to(offsets.dtype)
-        locations = (reference_points[:, :, None, :, None, :]
-                     + offsets / normalizer[None, None, None, :, None, :])
-        out = ms_deform_attn_sample(value, spatial_shapes, level_start_index, locations, weights,
-                                   fast=self.fast)
-        return self.output_proj(out)
+        offsets = self.sampling_offsets(query)
+        logits = self.attention_weights(query)
+        out_dtype = value.dtype
+        # Softmax, locations and sampling in float32 (under autocast the projections above give
+        # half precision); the result goes back to the projections' dtype for output_proj.
+        with torch.autocast(query.device.type, enabled=False):
+            value, offsets, logits = _at_least_float32(value, offsets, logits)
+            value = value.view(b, s, self.n_heads, self.value_dim // self.n_heads)
+            offsets = offsets.view(b, q, self.n_heads, self.n_levels, self.n_points, 2)
+            weights = F.softmax(logits.view(b, q, self.n_heads, self.n_levels * self.n_points),
+                                -1).view(b, q, self.n_heads, self.n_levels, self.n_points)
+            # Offsets are in cells of each level: divide by (W_l, H_l).
+            normalizer = spatial_shapes.flip(-1).to(offsets.dtype)
+            locations = (reference_points[:, :, None, :, None, :].to(offsets.dtype)
+                         + offsets / normalizer[None, None, None, :, None, :])
+            out = ms_deform_attn_sample(value, spatial_shapes, level_start_index, locations,
+                                        weights, fast_path=self.fast_path)
+        return self.output_proj(out.to(out_dtype))
 
     def extra_repr(self) -> str:
         return (f'd_model={self.d_model}, n_levels={self.n_levels}, n_heads={self.n_heads}, '
-                f'n_points={self.n_points}, ratio={self.ratio}, fast={self.fast}')
+                f'n_points={self.n_points}, ratio={self.ratio}, fast_path={self.fast_path}')
