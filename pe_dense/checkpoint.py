@@ -57,7 +57,9 @@ def read_checkpoint(path: str) -> dict:
     return obj
 
 
-_PRETRAINED = re.compile(r'deit-(ti|s|b)_(abs|none|peg|lape|pvg|mpvg)_in1k\.pth')
+# The pre-trained files the dense configs name, one per config in configs/deit/.
+_PRETRAINED = re.compile(r'deit-(ti)_(abs|peg|lape|pvg|mpvg)_in1k\.pth'
+                         r'|deit-(s|b)_(abs|mpvg)_in1k\.pth')
 _DEIT_RELEASE = 'https://dl.fbaipublicfiles.com/deit/deit_tiny_patch16_224-a1311bcf.pth'
 
 
@@ -72,7 +74,8 @@ def missing_file_hint(path: str) -> str:
     m = _PRETRAINED.fullmatch(name)
     if not m:
         return ''
-    config = f'deit-{m.group(1)}-{m.group(2)}_4xb256-300e_in1k'
+    size, method = (m.group(1), m.group(2)) if m.group(1) else (m.group(3), m.group(4))
+    config = f'deit-{size}-{method}_4xb256-300e_in1k'
     return (f'. It is made by ImageNet pre-training with configs/deit/{config}.py:\n'
             f'  bash tools/dist_train.sh configs/deit/{config}.py 4\n'
             f'  cp work_dirs/{config}/epoch_300.pth {path}\n'

@@ -1,4 +1,5 @@
 from .vit import Attention, Block
 from .vit_adapter import ViTAdapter
+from .vit_classifier import PEViT
 
-__all__ = ['Attention', 'Block', 'ViTAdapter']
+__all__ = ['Attention', 'Block', 'PEViT', 'ViTAdapter']

@@ -2,7 +2,9 @@
 
 ``pos_l = LNpe_l(pos_{l-1})`` for the blocks ``l >= first_block``, where the chain starts from the
 learned table resampled to the input grid; ``pos_l`` is added to the attention input of block l:
-``x' = x + Attn(LN1(x) + pos_l)``. The chain depends only on the grid, so it is computed once per
+``x' = x + Attn(LN1(x) + pos_l)``. With prefix tokens (a classifier's class token) the chain runs
+over their slots too, in front of the grid rows, as LaPE's code does with DeiT's class slot: each
+LayerNorm acts on every row. The chain depends only on the grid, so it is computed once per
 forward, not once per block (and, with the fast path in eval mode, once per grid).
 """
 import re
@@ -30,7 +32,7 @@ class LayerNormChain(LearnedTable):
         })
 
     def block_pos(self, grid: Grid) -> List[Optional[Tensor]]:
-        return self.cached('block_pos', grid, [self.weight, *self.norms.parameters()],
+        return self.cached('block_pos', grid, [*self.table_params(), *self.norms.parameters()],
                            lambda: self._chain(grid))
 
     def _chain(self, grid: Grid) -> List[Optional[Tensor]]:

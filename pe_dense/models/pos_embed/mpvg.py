@@ -8,6 +8,11 @@ ViT-Adapter has no final LayerNorm, so where the Last LN sits is a choice (``las
   trained on.
 - ``'output'``: on the ViT tokens after the last interaction only, the tokens added to the pyramid;
   the extractors see the raw tokens.
+
+In a classifier the Last LN is the final LayerNorm (``replaces_final_norm``): it acts per token on
+the tokens after the last block, before global average pooling, and both places are that same
+place. MPVG takes no class token: the MPVG paper states that it is incompatible with the class
+token, and pools with GAP.
 """
 from typing import Dict
 
@@ -26,8 +31,15 @@ class MPVG(PVG):
     """MPVG: PVG's chain and a Last LN pair, ``last_norm`` (tokens) and ``last_pe_norm``
     (initial PE)."""
 
+    replaces_final_norm = True
+
     def __init__(self, *, last_norm_at: str = 'last_block', **kwargs) -> None:
         super().__init__(**kwargs)
+        if self.num_prefix_tokens:
+            raise ValueError(
+                f'MPVG cannot take a class token (num_prefix_tokens={self.num_prefix_tokens}): '
+                'the MPVG paper states that MPVG is incompatible with the class token and pools '
+                "with global average pooling; use pooling='gap' (PEViT)")
         if last_norm_at not in LAST_NORM_PLACES:
             raise ValueError(f'MPVG last_norm_at must be one of {LAST_NORM_PLACES}, '
                              f'got {last_norm_at!r}')
@@ -37,8 +49,8 @@ class MPVG(PVG):
         self.last_pe_norm = nn.LayerNorm(self.embed_dim, eps=eps)
 
     def _last_norm(self, x: Tensor, grid: Grid) -> Tensor:
-        pe = self.cached('last_pe', grid, [self.weight, *self.last_pe_norm.parameters()],
-                         lambda: self.last_pe_norm(self.table(grid)))
+        params = [*self.table_params(), *self.last_pe_norm.parameters()]
+        pe = self.cached('last_pe', grid, params, lambda: self.last_pe_norm(self.table(grid)))
         return self.last_norm(x) + pe
 
     def after_block(self, index: int, x: Tensor, grid: Grid) -> Tensor:

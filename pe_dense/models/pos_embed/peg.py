@@ -1,7 +1,9 @@
 """CPVT's positional encoding generator (PEG): a depth-wise 3x3 convolution of the token map,
-added back to the tokens, after one block; no absolute table."""
+added back to the tokens, after one block; no absolute table. Prefix tokens (a class token) are not
+part of the map and pass through unchanged."""
 from typing import Dict
 
+import torch
 from torch import Tensor, nn
 
 from pe_dense.registry import POS_ENCODINGS
@@ -29,9 +31,12 @@ class PEG(PositionEncoding):
         self.proj = nn.Conv2d(self.embed_dim, self.embed_dim, 3, padding=1, groups=self.embed_dim)
 
     def _generate(self, x: Tensor, grid: Grid) -> Tensor:
-        b, n, c = x.shape
-        fmap = x.transpose(1, 2).reshape(b, c, grid[0], grid[1])
-        return x + self.proj(fmap).flatten(2).transpose(1, 2)
+        """``(B, P + N, C)`` -> the same, with the PEG added to the N patch tokens."""
+        prefix, patches = self.split_prefix(x)
+        b, n, c = patches.shape
+        fmap = patches.transpose(1, 2).reshape(b, c, grid[0], grid[1])
+        patches = patches + self.proj(fmap).flatten(2).transpose(1, 2)
+        return torch.cat([prefix, patches], dim=1) if self.num_prefix_tokens else patches
 
     def embed(self, x: Tensor, grid: Grid) -> Tensor:
         return self._generate(x, grid) if self.after_block_index == -1 else x
