@@ -2,7 +2,9 @@
 # wd 0.01, layer-wise lr decay 0.95 over 12 blocks (patch/pos embed 0.95^13, block i 0.95^(12-i),
 # adapter and heads 1.0; no decay on 1-D parameters, biases, the position encoding and the level
 # embedding); linear warm-up over 1500 iterations from 1e-6 x, then poly decay (power 1, to 0);
-# fp16 with a static loss scale of 512; validation and checkpoints every 16k iterations.
+# fp16 with a static loss scale of 512 (mmengine's AmpOptimWrapper needs a GPU: without CUDA,
+# tools/train.py trains in fp32 with OptimWrapper and says so); validation and checkpoints every
+# 16k iterations.
 max_iters = 160000
 warmup_iters = 1500
 train_cfg = dict(type='IterBasedTrainLoop', max_iters=max_iters, val_interval=16000)
