@@ -88,6 +88,16 @@ class Attention(nn.Module):
                 f'fast_path={self.fast_path}')
 
 
+def apply_fast_path(model: nn.Module, enabled: bool) -> None:
+    """Hands ``model``'s fast-path switch to every submodule that has one (attention, deformable
+    attention) and to its position encoding's per-grid cache, which it empties."""
+    for m in model.modules():
+        if m is not model and hasattr(m, 'fast_path'):
+            m.fast_path = enabled
+    model.pos_embed.cache_grid_tensors = enabled
+    model.pos_embed.clear_grid_cache()
+
+
 class Block(nn.Module):
     """Pre-norm ViT block with layer scale:
     ``x' = x + gamma1 * Attn(LN1(x) [+ pos])``, ``x'' = x' + gamma2 * MLP(LN2(x'))``.

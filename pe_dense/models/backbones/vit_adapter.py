@@ -39,7 +39,7 @@ from ..adapters.modules import DeformInputs
 from ..grid_cache import GridCache
 from ..ops import MSDeformAttn
 from ..pos_embed import build_pos_encoding
-from .vit import Attention, Block
+from .vit import Block, apply_fast_path
 
 VIT_FEATURE_MODES = ('last', 'per_interaction', 'none')
 
@@ -200,13 +200,7 @@ class ViTAdapter(BaseModule):
     @fast_path.setter
     def fast_path(self, enabled: bool) -> None:
         self._fast_path = bool(enabled)
-        for m in self.modules():
-            if isinstance(m, Attention):
-                m.fast_path = self._fast_path
-            elif isinstance(m, MSDeformAttn):
-                m.fast_path = self._fast_path
-        self.pos_embed.cache_grid_tensors = self._fast_path
-        self.pos_embed.clear_grid_cache()
+        apply_fast_path(self, self._fast_path)
         self._deform_cache.clear()
 
     # ------------------------------------------------------------------ init

@@ -42,7 +42,7 @@ from pe_dense.checkpoint import convert_state_dict_hook, load_backbone_checkpoin
 from pe_dense.registry import MODELS
 
 from ..pos_embed import build_pos_encoding
-from .vit import Attention, Block
+from .vit import Block, apply_fast_path
 
 ARCHS = {
     'tiny': dict(embed_dim=192, depth=12, num_heads=3),
@@ -170,11 +170,7 @@ class PEViT(BaseModule):
     @fast_path.setter
     def fast_path(self, enabled: bool) -> None:
         self._fast_path = bool(enabled)
-        for m in self.modules():
-            if isinstance(m, Attention):
-                m.fast_path = self._fast_path
-        self.pos_embed.cache_grid_tensors = self._fast_path
-        self.pos_embed.clear_grid_cache()
+        apply_fast_path(self, self._fast_path)
 
     def _init_default_weights(self) -> None:
         """timm's ViT initialisation: linear weights truncated normal (std 0.02) with zero bias,
