@@ -1,4 +1,5 @@
-"""Per-layer analysis of the position encoding (PE) of a :class:`~pe_dense.models.ViTAdapter`.
+"""Per-layer analysis of the position encoding (PE) of a ViT backbone of this project: a
+:class:`~pe_dense.models.ViTAdapter` or a :class:`~pe_dense.models.PEViT` classifier.
 
 Measures, for every ViT block, how the token embeddings that enter its attention relate to the PE
 that enters it, as in the per-layer analyses of the MPVG paper ("Maximizing the Position Embedding
@@ -9,14 +10,16 @@ encoding's public methods.
 Definitions, for block ``l = 0 .. L-1`` on a patch grid ``(H, W)``, ``N = H * W`` tokens in
 row-major order, ``C`` channels:
 
-- ``x_l``: the tokens entering block l (the block's first positional argument), ``(N, C)`` per
-  image. They include whatever the adapter's injectors added before the block.
+- ``x_l``: the patch tokens entering block l (the block's first positional argument), ``(N, C)``
+  per image. They include whatever the adapter's injectors added before the block. A classifier's
+  prefix tokens (the class token, ``pos_embed.num_prefix_tokens`` of them, in front) take part in
+  the blocks but not in the statistics.
 - token embedding ``t_l = LN1_l(x_l)``: block l's ``norm1``, affine weight and bias included.
   Block l's attention receives ``t_l + pos_l`` (``t_l`` alone when it gets no PE).
 - ``pos_l``, the PE entering block l, ``(N, C)``, the same for every image of one size:
 
-  * ``pos_embed.block_pos(grid)[l]`` where that is not None: LaPE at every block, PVG and MPVG at
-    blocks 1 .. L-1;
+  * ``pos_embed.block_pos(grid)[l]`` (its patch rows) where that is not None: LaPE at every
+    block, PVG and MPVG at blocks 1 .. L-1;
   * at block 0 only, where ``block_pos`` gives None: the learned table ``pos_embed.table(grid)``
     when the method's ``embed`` adds it to the patch tokens (AbsolutePE, PVG, MPVG). That PE is
     part of ``x_0``; it is not counted again at later blocks, where it is mixed into the tokens;
@@ -49,6 +52,7 @@ Grid = Tuple[int, int]
 
 IMAGENET_MEAN = (123.675, 116.28, 103.53)
 IMAGENET_STD = (58.395, 57.12, 57.375)
+IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.tif', '.tiff', '.webp')
 CSV_FIELDS = ('layer', 'has_pe', 'pe_source', 'correlation', 'mean_abs_token', 'mean_abs_pe')
 # Output file names inside the --out directory.
 CSV_NAME = 'pe_analysis.csv'
@@ -92,23 +96,25 @@ def cosine_similarity_grid(pos: Tensor, grid: Grid) -> Tensor:
 
 def layer_pos_embeds(pos_embed: nn.Module, grid: Grid) -> List[Tuple[Optional[Tensor], str]]:
     """The PE entering each block as defined in the module docstring: one ``(pos, source)`` per
-    block, ``pos`` ``(N, C)`` or None, ``source`` ``'block'`` (``block_pos``), ``'input'`` (the
-    table added to the patch tokens, block 0 only) or ``'none'``."""
+    block, ``pos`` ``(N, C)`` (patch positions only) or None, ``source`` ``'block'``
+    (``block_pos``), ``'input'`` (the table added to the patch tokens, block 0 only) or
+    ``'none'``."""
+    prefix = getattr(pos_embed, 'num_prefix_tokens', 0)
     out = []
     for pos in pos_embed.block_pos(grid):
-        out.append((pos[0].detach(), 'block') if pos is not None else (None, 'none'))
+        out.append((pos[0, prefix:].detach(), 'block') if pos is not None else (None, 'none'))
     if out[0][0] is None and hasattr(pos_embed, 'table'):
         table = pos_embed.table(grid)
         if torch.equal(pos_embed.embed(torch.zeros_like(table), grid), table):
-            out[0] = (table[0].detach(), 'input')
+            out[0] = (table[0, prefix:].detach(), 'input')
     return out
 
 
 def collect_layer_stats(backbone: nn.Module, images: Tensor,
                         batch_size: int = 4) -> List[Dict[str, Any]]:
-    """Runs ``backbone`` (a ViTAdapter, put in eval mode for the call) on the images,
+    """Runs ``backbone`` (a ViTAdapter or PEViT, put in eval mode for the call) on the images,
     ``batch_size`` at a time, and collects per block l the quantities defined in the module
-    docstring.
+    docstring (patch tokens only).
 
     ``images``: ``(B, 3, H, W)``, normalised as the model expects. Returns one dict per block:
     ``layer`` (int), ``has_pe`` (bool), ``pe_source`` (``'block'``, ``'input'`` or ``'none'``),
@@ -128,6 +134,7 @@ def collect_layer_stats(backbone: nn.Module, images: Tensor,
         raise ValueError(f'images must be a non-empty (B, 3, H, W) batch, got shape '
                          f'{tuple(images.shape)}')
     blocks = backbone.blocks
+    prefix = getattr(backbone.pos_embed, 'num_prefix_tokens', 0)
     handles = [backbone.patch_embed.register_forward_hook(partial(keep_output, 'patches'))]
     for i, block in enumerate(blocks):
         handles.append(block.register_forward_hook(partial(keep_first_arg, ('x', i))))
@@ -149,6 +156,7 @@ def collect_layer_stats(backbone: nn.Module, images: Tensor,
                 for i, block in enumerate(blocks):
                     tokens = block.norm1(captured[('x', i)])
                     _check_attention_input(i, captured[('attn', i)] - tokens, expected[i])
+                    tokens = tokens[:, prefix:]
                     pos = pes[i][0]
                     corr[i] += [pearson(t, pos) if pos is not None else math.nan for t in tokens]
                     abs_token[i] += float(tokens.abs().mean(dim=(1, 2)).sum()) / n_img
@@ -169,8 +177,8 @@ def collect_layer_stats(backbone: nn.Module, images: Tensor,
 
 
 def _check_attention_input(layer: int, added: Tensor, pos: Optional[Tensor]) -> None:
-    """``added`` (attention input minus ``LN1(x_l)``, ``(B, N, C)``) must be the block's PE
-    (``(1, N, C)`` or None)."""
+    """``added`` (attention input minus ``LN1(x_l)``, ``(B, P + N, C)``) must be the block's PE
+    (``(1, P + N, C)`` or None)."""
     target = torch.zeros_like(added) if pos is None else pos.to(added).expand_as(added)
     tol = 1e-4 * (1.0 + float(target.abs().max()))
     if not torch.allclose(added, target, rtol=0, atol=tol):
@@ -199,12 +207,13 @@ def write_csv(stats: Sequence[Dict[str, Any]], path: str) -> None:
 
 # ------------------------------------------------------------------------------------- inputs
 def normalization_from_config(cfg: Any) -> Tuple[Sequence[float], Sequence[float], bool]:
-    """``(mean, std, to_rgb)`` from ``cfg.model.data_preprocessor`` (``bgr_to_rgb`` or
-    ``rgb_to_bgr`` set means channels in RGB order); ImageNet's RGB mean/std without one."""
+    """``(mean, std, to_rgb)`` from ``cfg.model.data_preprocessor`` (``bgr_to_rgb``,
+    ``rgb_to_bgr`` or mmpretrain's ``to_rgb`` set means channels in RGB order); ImageNet's RGB
+    mean/std without one."""
     pre = (cfg.get('model') or {}).get('data_preprocessor') or {}
     if pre.get('mean') is None or pre.get('std') is None:
         return IMAGENET_MEAN, IMAGENET_STD, True
-    to_rgb = bool(pre.get('bgr_to_rgb', False) or pre.get('rgb_to_bgr', False))
+    to_rgb = any(bool(pre.get(key, False)) for key in ('bgr_to_rgb', 'rgb_to_bgr', 'to_rgb'))
     return tuple(pre['mean']), tuple(pre['std']), to_rgb
 
 
@@ -231,17 +240,22 @@ def load_images(paths: Sequence[str], size: Grid, mean: Sequence[float], std: Se
 
 
 def build_backbone(cfg: Any, method: Optional[str] = None) -> nn.Module:
-    """``ViTAdapter`` from ``cfg.model.backbone`` (its ``type`` and ``init_cfg`` dropped);
-    ``method`` replaces ``pos_embed.type`` (and keeps no option of another method)."""
-    from pe_dense.models import ViTAdapter
+    """The backbone of ``cfg.model.backbone``: a ``ViTAdapter`` (mmdet/mmseg configs) or a
+    ``PEViT`` (mmpretrain classifier configs), its ``init_cfg`` dropped; ``method`` replaces
+    ``pos_embed.type`` (and keeps no option of another method)."""
+    from pe_dense.models import PEViT, ViTAdapter
 
     kwargs = dict(cfg['model']['backbone'])
-    kwargs.pop('type', None)
+    kinds = {'ViTAdapter': ViTAdapter, 'PEViT': PEViT}
+    kind = kwargs.pop('type', 'ViTAdapter')
+    if kind not in kinds:
+        raise ValueError(f'the PE analysis reads ViTAdapter and PEViT backbones; this config\'s '
+                         f'model.backbone is {kind!r}')
     kwargs.pop('init_cfg', None)
     if method is not None:
         old = kwargs.get('pos_embed') or {}
         kwargs['pos_embed'] = dict(old) if old.get('type') == method else dict(type=method)
-    return ViTAdapter(**kwargs)
+    return kinds[kind](**kwargs)
 
 
 # ----------------------------------------------------------------------------------- plotting
@@ -367,52 +381,61 @@ def plot_similarity(sim: np.ndarray, path: str, title: str = '', max_tiles: int 
 # ------------------------------------------------------------------------------------- driver
 def analyze(backbone: nn.Module, images: Tensor, out_dir: str, sim_layer: Optional[int] = None,
             heatmap_layers: Sequence[int] = (0, 5, 11), label: str = '',
-            batch_size: int = 4) -> Dict[str, Any]:
+            batch_size: int = 4, suffix: Optional[str] = None) -> Dict[str, Any]:
     """Collects the statistics (:func:`collect_layer_stats`, ``batch_size`` images per
     forward) and writes into ``out_dir``:
     :data:`CSV_NAME`, and the figures :data:`CORRELATION_PNG`, :data:`HEATMAPS_PNG` and
-    :data:`SIMILARITY_PNG`. Without any PE tensor (NoPE, PEG) the correlation and similarity
-    figures are skipped. ``sim_layer`` (default: the first layer with a PE) must have a PE.
+    :data:`SIMILARITY_PNG`, each name with ``_<suffix>`` before its extension when ``suffix`` is
+    given. Without any PE tensor (NoPE, PEG) the correlation and similarity figures are skipped.
+    ``sim_layer`` (default: the first layer with a PE) must have a PE.
 
     Returns ``dict(stats=..., files=[written paths], notes=[what was skipped and why])``.
     """
+    def output(name: str) -> str:
+        stem, ext = os.path.splitext(name)
+        return os.path.join(out_dir, f'{stem}_{suffix}{ext}' if suffix else name)
+
     os.makedirs(out_dir, exist_ok=True)
     stats = collect_layer_stats(backbone, images, batch_size)
     depth = len(stats)
-    files, notes = [os.path.join(out_dir, CSV_NAME)], []
+    files, notes = [output(CSV_NAME)], []
     write_csv(stats, files[0])
     grid = stats[0]['grid']
-    suffix = f' ({label})' if label else ''
+    in_title = f' ({label})' if label else ''
     first = first_layer_with_pe(stats)
     sim_layer = first if sim_layer is None else sim_layer
     if first is not None and not (0 <= sim_layer < depth and stats[sim_layer]['has_pe']):
         with_pe = [s['layer'] for s in stats if s['has_pe']]
         raise ValueError(f'no PE enters layer {sim_layer}; layers with a PE: {with_pe}')
+    prefix = getattr(backbone.pos_embed, 'num_prefix_tokens', 0)
+    if prefix:
+        notes.append(f'{prefix} prefix token(s) (class token) take part in the blocks but not in '
+                     'the statistics, which cover the patch tokens')
     if first is None:
         notes.append(f'{type(backbone.pos_embed).__name__} has no PE tensor: correlations are '
                      'NaN; the correlation and similarity figures are skipped')
     else:
-        path = os.path.join(out_dir, CORRELATION_PNG)
+        path = output(CORRELATION_PNG)
         plot_correlation([s['correlation'] for s in stats], [s['mean_abs_token'] for s in stats],
                          [s['mean_abs_pe'] for s in stats], path,
-                         f'Token embedding vs PE per layer{suffix}')
+                         f'Token embedding vs PE per layer{in_title}')
         files.append(path)
     layers = [i for i in heatmap_layers if -depth <= i < depth]
     if len(layers) < len(heatmap_layers):
         notes.append(f'heatmap layers outside 0..{depth - 1} ignored: '
                      f'{sorted(set(heatmap_layers) - set(layers))}')
     if layers:
-        path = os.path.join(out_dir, HEATMAPS_PNG)
+        path = output(HEATMAPS_PNG)
         plot_heatmaps([stats[i]['layer'] for i in layers],
                       [stats[i]['token_mean'].numpy() for i in layers],
                       [None if stats[i]['pe'] is None else stats[i]['pe'].numpy()
                        for i in layers], path,
-                      f'Tokens x channels, grid {grid[0]}x{grid[1]}{suffix}')
+                      f'Tokens x channels, grid {grid[0]}x{grid[1]}{in_title}')
         files.append(path)
     if first is not None:
-        path = os.path.join(out_dir, SIMILARITY_PNG)
+        path = output(SIMILARITY_PNG)
         sim = cosine_similarity_grid(stats[sim_layer]['pe'], grid).numpy()
         plot_similarity(sim, path, f'Cosine similarity of pos_{sim_layer} '
-                        f'({stats[sim_layer]["pe_source"]} PE){suffix}')
+                        f'({stats[sim_layer]["pe_source"]} PE){in_title}')
         files.append(path)
     return dict(stats=stats, files=files, notes=notes)

@@ -1,4 +1,5 @@
-"""pe_dense.analysis and tools/analyze_pe.py: numbers on planted inputs, and the CLI end to end."""
+"""pe_dense.analysis and tools/analyze_pe.py: numbers on planted inputs, ViTAdapter and PEViT
+classifier backbones, and the CLI end to end."""
 import csv
 import importlib.util
 import math
@@ -12,13 +13,16 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from helpers import randomize
 from pe_dense.analysis import (collect_layer_stats, cosine_similarity_grid, pearson,
                                similarity_mosaic)
-from pe_dense.models import ViTAdapter
+from pe_dense.checkpoint import load_backbone_checkpoint
+from pe_dense.models import PEViT, ViTAdapter
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOOL = os.path.join(ROOT, 'tools', 'analyze_pe.py')
 UPERNET = os.path.join(ROOT, 'configs', '_base_', 'models', 'upernet_vit-adapter-ti.py')
+DEIT_PVG = os.path.join(ROOT, 'configs', 'mini', 'deit-ti-pvg_mini.py')
 
 
 DIM = 48
@@ -30,6 +34,13 @@ def tiny_backbone(method, seed=0):
     torch.manual_seed(seed)
     return ViTAdapter(pos_embed=dict(type=method), pretrain_size=64, embed_dim=DIM,
                       conv_inplane=16, drop_path_rate=0.0).eval()
+
+
+def tiny_classifier(method, pooling, seed=0):
+    """The classifier of the same width and depth (48 channels, 12 blocks) at 64x64 (4x4 grid)."""
+    torch.manual_seed(seed)
+    return PEViT(arch=dict(embed_dim=DIM, depth=12, num_heads=3), img_size=64,
+                 pos_embed=dict(type=method), pooling=pooling, drop_path_rate=0.0).eval()
 
 
 def images(n=2, seed=0):
@@ -130,6 +141,59 @@ def test_wiring_check_rejects_a_wrong_attention_input():
     with pytest.raises(RuntimeError, match='block 3'):
         collect_layer_stats(model, images(1))
     handle.remove()
+
+
+# ------------------------------------------------------------------------ classifier backbones
+def test_classifier_statistics_cover_the_patch_tokens_only():
+    """LaPE with a class token, every weight random: the statistics of each layer equal those
+    computed here from the blocks' inputs without the class token's row (the class token set
+    far off, so that counting it would show)."""
+    model = randomize(tiny_classifier('LaPE', 'cls'))
+    with torch.no_grad():
+        model.cls_token.fill_(5.0)
+    inputs = {}
+    handles = [block.register_forward_hook(
+        lambda m, args, out, i=i: inputs.__setitem__(i, args[0])) for i, block in
+        enumerate(model.blocks)]
+    imgs = images(3)
+    with torch.no_grad():
+        model(imgs)
+        block_pos = model.pos_embed.block_pos((4, 4))
+        for handle in handles:
+            handle.remove()
+        stats = collect_layer_stats(model, imgs, batch_size=2)
+        for i, s in enumerate(stats):
+            tokens = model.blocks[i].norm1(inputs[i])[:, 1:]  # (3, 16, C)
+            pos = block_pos[i][0, 1:]  # (16, C)
+            assert s['pe_source'] == 'block' and s['grid'] == (4, 4)
+            expected = np.mean([corrcoef(t, pos) for t in tokens])
+            assert s['correlation'] == pytest.approx(expected, abs=1e-5)
+            assert s['mean_abs_token'] == pytest.approx(float(tokens.abs().mean()), rel=1e-5)
+            torch.testing.assert_close(s['token_mean'], tokens.mean(0), atol=1e-5, rtol=0)
+            torch.testing.assert_close(s['pe'], pos)
+    assert len({round(s['correlation'], 6) for s in stats}) == 12
+
+
+@pytest.mark.parametrize('method', ['PVG', 'MPVG'])
+def test_gap_classifier_checkpoint_gives_the_same_tokens_in_vit_adapter(tmp_path, method):
+    """A GAP classifier's mmpretrain checkpoint (backbone.* and head.* keys) loaded into
+    ViTAdapter: the injectors start at zero, so the ViT blocks see the classifier's tokens and the
+    per-layer statistics agree."""
+    classifier = randomize(tiny_classifier(method, 'gap'))
+    state = {f'backbone.{k}': v for k, v in classifier.state_dict().items()}
+    state['head.fc.weight'] = torch.zeros(9, DIM)
+    path = tmp_path / 'classifier.pth'
+    torch.save({'meta': {}, 'state_dict': state}, path)
+    adapter = tiny_backbone(method)
+    missing, _ = load_backbone_checkpoint(adapter, str(path))
+    assert not [k for k in missing if k.startswith(('patch_embed', 'pos_embed'))]
+    assert all(k.endswith(('gamma1', 'gamma2')) for k in missing if k.startswith('blocks'))
+    imgs = images(2, seed=4)
+    ours, theirs = collect_layer_stats(adapter, imgs), collect_layer_stats(classifier, imgs)
+    for a, b in zip(ours, theirs):
+        assert a['pe_source'] == b['pe_source']
+        assert a['correlation'] == pytest.approx(b['correlation'], abs=1e-5)
+        torch.testing.assert_close(a['token_mean'], b['token_mean'], atol=1e-4, rtol=0)
 
 
 # -------------------------------------------------------------------------- similarity grid
@@ -246,3 +310,35 @@ def test_cli_checkpoint_and_no_pe(tmp_path, image_files, cli):
     with pytest.raises(ValueError, match='no PE enters layer 4'):
         cli.main([UPERNET, '--images', image_files[0], '--out', str(tmp_path / 'abs'),
                   '--method', 'AbsolutePE', '--size', '64', '64', '--sim-layer', '4'])
+
+
+def test_cli_classifier_config_checkpoint_folder_and_suffix(tmp_path, cli):
+    """A mini classifier config (PEViT, 8x8 grid at 128x128) and an mmpretrain-style checkpoint
+    whose block-11 PE norm is planted (weight 0, bias -0.5: pos_11 = -0.5); a folder of images;
+    the file names carry the suffix."""
+    folder = tmp_path / 'imgs'
+    folder.mkdir()
+    rng = np.random.default_rng(1)
+    for i in range(3):
+        Image.fromarray(rng.integers(0, 256, (100, 140, 3), dtype=np.uint8)).save(
+            folder / f'{i}.JPEG')
+    (folder / 'notes.txt').write_text('not an image')
+    ckpt = tmp_path / 'iter_2.pth'
+    torch.save({'state_dict': {'backbone.pos_embed.norms.11.weight': torch.zeros(192),
+                               'backbone.pos_embed.norms.11.bias': torch.full((192,), -0.5),
+                               'head.fc.weight': torch.zeros(9, 192)}}, ckpt)
+    out = tmp_path / 'figures'
+    cli.main([DEIT_PVG, str(ckpt), '--images', str(folder), '--out', str(out), '--size', '128',
+              '128', '--suffix', 'pvg', '--heatmap-layers', '0', '11'])
+    assert sorted(os.listdir(out)) == ['pe_analysis_pvg.csv', 'pe_correlation_pvg.png',
+                                       'pe_heatmaps_pvg.png', 'pe_similarity_pvg.png']
+    rows = read_csv(out / 'pe_analysis_pvg.csv')
+    assert [r['pe_source'] for r in rows] == ['input'] + ['block'] * 11
+    assert float(rows[11]['mean_abs_pe']) == pytest.approx(0.5, abs=1e-6)
+    assert all(math.isfinite(float(r['correlation'])) for r in rows[:11])
+    check_png(str(out / 'pe_similarity_pvg.png'))
+    empty = tmp_path / 'empty'
+    empty.mkdir()
+    (empty / 'notes.txt').write_text('not an image')
+    with pytest.raises(SystemExit, match='no images'):
+        cli.main([DEIT_PVG, '--images', str(empty), '--out', str(out)])

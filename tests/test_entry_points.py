@@ -25,7 +25,8 @@ MMSEG_TOOLS = osp.join(osp.dirname(mmseg.__file__), '.mim', 'tools')
 def data(tmp_path_factory):
     out = tmp_path_factory.mktemp('mini')
     subprocess.run([sys.executable, osp.join(ROOT, 'tools/make_mini_data.py'), '--out', str(out),
-                    '--num-train', '8', '--num-val', '4'], check=True, capture_output=True)
+                    '--num-train', '8', '--num-val', '4', '--cls-train', '1', '--cls-val', '1'],
+                   check=True, capture_output=True)
     return out
 
 

@@ -1,6 +1,7 @@
 """tools/make_mini_data.py: byte-identical reruns, COCO polygons / areas / boxes that match the
-drawn shapes, label maps that match them too, and mmdet's CocoDataset and mmseg's ADE20KDataset
-reading both datasets as they are."""
+drawn shapes, label maps that match them too, ImageNet-layout images that show their class, and
+mmdet's CocoDataset, mmseg's ADE20KDataset and mmpretrain's ImageNet reading the datasets as they
+are."""
 import hashlib
 import os
 import sys
@@ -18,13 +19,19 @@ import make_mini_data as mmd  # noqa: E402
 
 SEED = 3
 NUM_TRAIN, NUM_VAL = 6, 3
+CLS_TRAIN, CLS_VAL = 3, 2  # ImageNet layout: images per class
 SIZE = (80, 112)
 CLASSES = ('circle', 'square', 'triangle')
+COLOURS = ('red', 'green', 'blue')
+IMAGENET_CLASSES = ('circle_blue', 'circle_green', 'circle_red', 'square_blue', 'square_green',
+                    'square_red', 'triangle_blue', 'triangle_green', 'triangle_red')
 
 
-def _make_both(out: Path, seed: int = SEED) -> tuple:
+def _make_all(out: Path, seed: int = SEED) -> tuple:
     kwargs = dict(seed=seed, num_train=NUM_TRAIN, num_val=NUM_VAL, size=SIZE)
-    return mmd.make_coco(out / 'coco', **kwargs), mmd.make_ade(out / 'ade', **kwargs)
+    return (mmd.make_coco(out / 'coco', **kwargs), mmd.make_ade(out / 'ade', **kwargs),
+            mmd.make_imagenet(out / 'imagenet', seed=seed, num_train=CLS_TRAIN,
+                              num_val=CLS_VAL, size=SIZE))
 
 
 def _hashes(out: Path) -> dict:
@@ -34,9 +41,10 @@ def _hashes(out: Path) -> dict:
 
 @pytest.fixture(scope='module')
 def data(tmp_path_factory):
-    """The two datasets of SEED, written once: (output folder, COCO summary, ADE summary)."""
+    """The three datasets of SEED, written once: (output folder, COCO summary, ADE summary,
+    ImageNet summary)."""
     out = tmp_path_factory.mktemp('mini')
-    return (out, *_make_both(out))
+    return (out, *_make_all(out))
 
 
 def _scene(dataset: str, split: str, index: int):
@@ -44,8 +52,8 @@ def _scene(dataset: str, split: str, index: int):
 
 
 def test_layout_and_summaries(data):
-    out, coco, ade = data
-    assert not coco['skipped'] and not ade['skipped']
+    out, coco, ade, imagenet = data
+    assert not coco['skipped'] and not ade['skipped'] and not imagenet['skipped']
     for split, num in (('train2017', NUM_TRAIN), ('val2017', NUM_VAL)):
         assert len(list((out / 'coco' / split).glob('*.jpg'))) == num
         assert (out / 'coco' / 'annotations' / f'instances_{split}.json').is_file()
@@ -60,18 +68,33 @@ def test_layout_and_summaries(data):
         for stats in summary['splits'].values():
             assert stats['images'] <= stats['instances'] <= 4 * stats['images']
             assert sum(stats['per_class'].values()) == stats['instances']
+    assert mmd.IMAGENET_CLASSES == IMAGENET_CLASSES
+    root = out / 'imagenet'
+    assert sorted(p.name for p in (root / 'train').iterdir()) == list(IMAGENET_CLASSES)
+    for name in IMAGENET_CLASSES:
+        files = sorted(p.name for p in (root / 'train' / name).iterdir())
+        assert files == [f'{name}_{i:05d}.JPEG' for i in range(1, CLS_TRAIN + 1)]
+    val = sorted(p.name for p in (root / 'val').iterdir())
+    assert val == [f'mini_val_{i:08d}.JPEG' for i in range(1, 9 * CLS_VAL + 1)]
+    lines = (root / 'meta' / 'val.txt').read_text().splitlines()
+    assert lines == [f'mini_val_{i:08d}.JPEG {(i - 1) % 9}' for i in range(1, 9 * CLS_VAL + 1)]
+    for split, num in (('train', CLS_TRAIN), ('val', CLS_VAL)):
+        stats = imagenet['splits'][split]
+        assert stats['per_class'] == {name: num for name in IMAGENET_CLASSES}
+        assert stats['images'] == stats['instances'] == 9 * num
 
 
 def test_same_seed_same_bytes_other_seed_other_images(data, tmp_path):
     out = data[0]
-    _make_both(tmp_path / 'again')
+    _make_all(tmp_path / 'again')
     assert _hashes(tmp_path / 'again') == _hashes(out)
-    _make_both(tmp_path / 'other', seed=SEED + 1)
+    _make_all(tmp_path / 'other', seed=SEED + 1)
     reference, other = _hashes(out), _hashes(tmp_path / 'other')
     assert reference.keys() == other.keys()
-    # images, label maps, annotation files and meta.json files: all differ
-    assert len(reference) == 3 * (NUM_TRAIN + NUM_VAL) + 4
-    assert all(reference[name] != other[name] for name in reference)
+    # images, label maps, annotation files, val.txt (the same labels) and meta.json files
+    assert len(reference) == 3 * (NUM_TRAIN + NUM_VAL) + 4 + 9 * (CLS_TRAIN + CLS_VAL) + 2
+    same = [name for name in reference if reference[name] == other[name]]
+    assert same == ['imagenet/meta/val.txt']
 
 
 @pytest.mark.parametrize('split', ['train', 'val'])
@@ -166,25 +189,70 @@ def test_mmseg_ade20k_dataset_reads_it(data, split):
     assert seen <= {0, 1, 2, 3}
 
 
+@pytest.mark.parametrize('split', ['train', 'val'])
+def test_mmpretrain_imagenet_dataset_reads_it(data, split):
+    """mmpretrain's own ImageNet class, ``split`` as its configs use it: class folders for
+    'train', ``meta/val.txt`` for 'val'; each image shows its class (shape as drawn, dominant
+    colour channel)."""
+    from mmcv.transforms import LoadImageFromFile
+    from mmpretrain.datasets import ImageNet
+
+    out = data[0]
+    dataset = ImageNet(data_root=str(out / 'imagenet'), split=split,
+                       metainfo=dict(classes=IMAGENET_CLASSES),
+                       pipeline=[dict(type=LoadImageFromFile)])
+    per_class = CLS_TRAIN if split == 'train' else CLS_VAL
+    assert len(dataset) == 9 * per_class
+    assert dataset.metainfo['classes'] == IMAGENET_CLASSES
+    labels = []
+    for item in dataset:
+        path = Path(item['img_path'])
+        label = int(item['gt_label'])
+        labels.append(label)
+        if split == 'train':
+            assert path.parent.name == IMAGENET_CLASSES[label]
+            index = int(path.stem.rsplit('_', 1)[1])
+            scene = mmd.make_object(mmd.scene_rng(SEED, 'imagenet', split, index, label), SIZE,
+                                    label)
+        else:
+            index = int(path.stem.rsplit('_', 1)[1])
+            assert label == (index - 1) % 9
+            scene = mmd.make_object(mmd.scene_rng(SEED, 'imagenet', split, index), SIZE, label)
+        image = item['img'][..., ::-1].astype(np.float64)  # BGR -> RGB
+        assert image.shape == (*SIZE, 3)
+        assert np.abs(image - scene.image).mean() < 6  # JPEG quality 90 smooths the pixel noise
+        shape_name, colour_name = IMAGENET_CLASSES[label].split('_')
+        (shape,) = scene.shapes
+        assert CLASSES[shape.label] == shape_name
+        assert int(np.argmax(image[shape.mask].mean(0))) == COLOURS.index(colour_name)
+        # one large shape: circumradius >= 0.22 of the shorter side; the smallest of the three
+        # shapes for a circumradius r, the triangle, covers 1.3 r^2
+        assert shape.mask.sum() > 1.25 * (0.22 * min(SIZE)) ** 2
+    assert np.bincount(labels, minlength=9).tolist() == [per_class] * 9
+
+
 def test_cli_skips_up_to_date_output_and_rewrites_on_change(tmp_path, capsys):
     out = tmp_path / 'cli'
-    argv = ['--out', str(out), '--num-train', '2', '--num-val', '1', '--size', '48', '64']
+    argv = ['--out', str(out), '--num-train', '2', '--num-val', '1', '--size', '48', '64',
+            '--cls-train', '1', '--cls-val', '1']
     first = mmd.main(argv)
-    assert [s['skipped'] for s in first] == [False, False]
+    assert [s['skipped'] for s in first] == [False, False, False]
     lines = capsys.readouterr().out.splitlines()
-    assert len(lines) == 2 and lines[0].startswith('coco: ') and lines[1].startswith('ade: ')
+    assert [line.split(':')[0] for line in lines] == ['coco', 'ade', 'imagenet']
+    assert 'train 9 images in 9 classes (1 each)' in lines[2]
     image = out / 'coco' / 'train2017' / '000000000001.jpg'
     assert cv2.imread(str(image)).shape == (48, 64, 3)
     before = _hashes(out)
     os.utime(image, (0, 0))
     again = mmd.main(argv)
-    assert [s['skipped'] for s in again] == [True, True]
+    assert [s['skipped'] for s in again] == [True, True, True]
     assert [s['splits'] for s in again] == [s['splits'] for s in first]
     assert image.stat().st_mtime == 0
     mmd.main(argv + ['--force'])
     assert image.stat().st_mtime > 0 and _hashes(out) == before
-    fewer = mmd.main(['--out', str(out), '--num-train', '1', '--num-val', '1', '--size', '48'])
-    assert [s['skipped'] for s in fewer] == [False, False]
+    fewer = mmd.main(['--out', str(out), '--num-train', '1', '--num-val', '1', '--size', '48',
+                      '--cls-train', '1', '--cls-val', '1'])
+    assert [s['skipped'] for s in fewer] == [False, False, False]
     assert sorted(p.name for p in (out / 'coco' / 'train2017').iterdir()) == ['000000000001.jpg']
     assert cv2.imread(str(image)).shape == (48, 48, 3)
     ade_train = out / 'ade' / 'ADEChallengeData2016' / 'annotations' / 'training'

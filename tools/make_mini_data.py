@@ -1,11 +1,16 @@
-"""Writes two small synthetic datasets in the real COCO 2017 and ADE20K on-disk layouts.
+"""Writes three small synthetic datasets in the real COCO 2017, ADE20K and ImageNet on-disk layouts.
 
 Every image shows a textured background (smooth noise mixed with stripes, in two muted random
-colours) and 1-4 non-overlapping filled shapes: circles (reddish), squares (greenish) and
-triangles (bluish), each colour jittered, so a small model learns both tasks within minutes of CPU
-training. mmdet's ``CocoDataset`` and mmseg's ``ADE20KDataset`` read the output unchanged.
+colours) and filled shapes. In the COCO and ADE20K sets, 1-4 non-overlapping circles (reddish),
+squares (greenish) and triangles (bluish), each colour jittered, so a small model learns both
+tasks within minutes of CPU training. The ImageNet set is object-centric: one large shape per
+image, its class one of 9 = shape x colour, the colour (red, green or blue family, jittered) drawn
+independently of the shape, so a classifier has to tell shapes apart and not only colours.
+mmdet's ``CocoDataset``, mmseg's ``ADE20KDataset`` and mmpretrain's ``ImageNet`` read the output
+unchanged.
 
-    python tools/make_mini_data.py --out data/mini --seed 0 --num-train 64 --num-val 16 --size 128
+    python tools/make_mini_data.py --out data/mini --seed 0 --num-train 64 --num-val 16 --size 128 \
+        --cls-train 64 --cls-val 16
 
 writes::
 
@@ -13,13 +18,18 @@ writes::
     data/mini/coco/annotations/instances_{train,val}2017.json
     data/mini/ade/ADEChallengeData2016/images/{training,validation}/ADE_{train,val}_00000001.jpg
     data/mini/ade/ADEChallengeData2016/annotations/{training,validation}/ADE_*.png
+    data/mini/imagenet/train/<class>/<class>_00001.JPEG ...    (--cls-train per class)
+    data/mini/imagenet/val/mini_val_00000001.JPEG ...           (--cls-val per class)
+    data/mini/imagenet/meta/val.txt                             ("mini_val_00000001.JPEG 4" lines)
 
 The COCO files hold one polygon per shape (category ids 1 circle, 2 square, 3 triangle), its
 ``bbox`` [x, y, w, h] and its polygon ``area``. The ADE20K label maps are uint8 with 1 for the
 background and 2, 3, 4 for circle, square, triangle; mmseg's ``reduce_zero_label`` turns them into
-0 (background) .. 3. Each dataset gets a ``meta.json`` recording the arguments; a dataset whose
-``meta.json`` matches them is left as it is unless ``--force``. The same arguments give
-byte-identical files.
+0 (background) .. 3. The ImageNet classes are the folder names (``IMAGENET_CLASSES``, sorted as
+mmpretrain sorts the folders: label k is the k-th name); ``meta/val.txt`` gives each validation
+image its label as in ILSVRC2012. Each dataset gets a ``meta.json`` recording the arguments; a
+dataset whose ``meta.json`` matches them is left as it is unless ``--force``. The same arguments
+give byte-identical files.
 """
 from __future__ import annotations
 
@@ -36,6 +46,9 @@ import numpy as np
 
 CLASSES = ('circle', 'square', 'triangle')
 CLASS_RGB = ((215, 55, 45), (55, 185, 65), (50, 85, 215))
+COLOURS = ('red', 'green', 'blue')
+# ImageNet-layout classes: shape x colour (colour k is CLASS_RGB[k]), in sorted order.
+IMAGENET_CLASSES = tuple(sorted(f'{shape}_{colour}' for shape in CLASSES for colour in COLOURS))
 VERTICES = (32, 4, 3)
 ADE_BACKGROUND = 1
 JPEG_QUALITY = 90
@@ -43,7 +56,7 @@ FORMAT_VERSION = 1
 GRID = 16
 MIN_SIDE = 32
 
-_DATASETS = ('coco', 'ade')
+_DATASETS = ('coco', 'ade', 'imagenet')
 _SPLITS = ('train', 'val')
 _COCO_DIRS = {'train': 'train2017', 'val': 'val2017'}
 _ADE_DIRS = {'train': 'training', 'val': 'validation'}
@@ -75,11 +88,14 @@ class Scene:
     shapes: tuple
 
 
-def scene_rng(seed: int, dataset: str, split: str, index: int) -> np.random.Generator:
+def scene_rng(seed: int, dataset: str, split: str, index: int,
+              label: Optional[int] = None) -> np.random.Generator:
     """The random generator of image ``index`` (1-based) of ``split`` ('train' / 'val') of
-    ``dataset`` ('coco' / 'ade'): every image has its own stream, so it does not depend on the
-    number of images asked for."""
-    return np.random.default_rng([seed, _DATASETS.index(dataset), _SPLITS.index(split), index])
+    ``dataset`` ('coco' / 'ade' / 'imagenet'), within class ``label`` where the images are
+    numbered per class (ImageNet training folders): every image has its own stream, so it does
+    not depend on the number of images asked for."""
+    key = [seed, _DATASETS.index(dataset), _SPLITS.index(split), index]
+    return np.random.default_rng(key if label is None else key + [label])
 
 
 def rasterise(polygon: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -142,25 +158,52 @@ def _place(rng: np.random.Generator, height: int, width: int) -> list:
     return placed
 
 
+def _paint(rng: np.random.Generator, image: np.ndarray, label: int, rgb: tuple,
+           centre: np.ndarray, radius: float) -> Shape:
+    """Paints shape ``label`` (circumradius ``radius``, ``centre`` x, y) into the (H, W, 3) float
+    ``image`` in colour ``rgb``, each channel jittered by up to 25, with a soft linear shading."""
+    size = image.shape[:2]
+    rows, cols = np.mgrid[0:size[0], 0:size[1]] + 0.5
+    polygon = _regular_polygon(rng, centre, radius, VERTICES[label])
+    mask = rasterise(polygon, size)
+    colour = np.asarray(rgb) + rng.integers(-25, 26, 3)
+    direction = rng.uniform(0, 2 * np.pi)
+    offset = (cols - centre[0]) * np.cos(direction) + (rows - centre[1]) * np.sin(direction)
+    shade = 1 + 0.12 * offset[mask] / radius
+    image[mask] = colour * shade[:, None]
+    return Shape(label, polygon, mask)
+
+
+def _finish(rng: np.random.Generator, image: np.ndarray, shapes: list) -> Scene:
+    """Adds mild pixel noise and rounds to uint8."""
+    image = image + rng.normal(0, 3, image.shape)
+    return Scene(np.clip(np.round(image), 0, 255).astype(np.uint8), tuple(shapes))
+
+
 def make_scene(rng: np.random.Generator, size: tuple[int, int]) -> Scene:
     """Renders one scene of ``size`` (H, W): a background and 1-4 shapes, each filled with its
     class colour (each channel jittered by up to 25, with a soft linear shading), plus mild
     pixel noise."""
     height, width = size
     image = _background(rng, height, width)
-    rows, cols = np.mgrid[0:height, 0:width] + 0.5
-    shapes = []
-    for label, centre, radius in _place(rng, height, width):
-        polygon = _regular_polygon(rng, centre, radius, VERTICES[label])
-        mask = rasterise(polygon, size)
-        colour = np.asarray(CLASS_RGB[label]) + rng.integers(-25, 26, 3)
-        direction = rng.uniform(0, 2 * np.pi)
-        offset = (cols - centre[0]) * np.cos(direction) + (rows - centre[1]) * np.sin(direction)
-        shade = 1 + 0.12 * offset[mask] / radius
-        image[mask] = colour * shade[:, None]
-        shapes.append(Shape(label, polygon, mask))
-    image = image + rng.normal(0, 3, image.shape)
-    return Scene(np.clip(np.round(image), 0, 255).astype(np.uint8), tuple(shapes))
+    shapes = [_paint(rng, image, label, CLASS_RGB[label], centre, radius)
+              for label, centre, radius in _place(rng, height, width)]
+    return _finish(rng, image, shapes)
+
+
+def make_object(rng: np.random.Generator, size: tuple[int, int], label: int) -> Scene:
+    """Renders one object-centric image of ``size`` (H, W) of ImageNet class ``label`` (an index
+    into ``IMAGENET_CLASSES``): a background and one shape of circumradius 0.22-0.4 of the shorter
+    side, anywhere inside the image, in the colour family of the class, plus mild pixel noise.
+    The scene's one shape has the shape index (into ``CLASSES``) as its label."""
+    shape_name, colour_name = IMAGENET_CLASSES[label].split('_')
+    height, width = size
+    image = _background(rng, height, width)
+    radius = rng.uniform(0.22, 0.4) * min(height, width)
+    centre = rng.uniform(radius + 1, [width - radius - 1, height - radius - 1])
+    shape = _paint(rng, image, CLASSES.index(shape_name), CLASS_RGB[COLOURS.index(colour_name)],
+                   centre, radius)
+    return _finish(rng, image, [shape])
 
 
 def _write_jpeg(path: Path, rgb: np.ndarray) -> None:
@@ -259,6 +302,37 @@ def _ade_split(root: Path, split: str, seed: int, num_images: int,
     return _split_summary(num_images, counts)
 
 
+def _imagenet_split(root: Path, split: str, seed: int, num_per_class: int,
+                    size: tuple[int, int]) -> dict:
+    """Writes one split of the ImageNet layout, ``num_per_class`` images of each class: training
+    images in class folders, validation images in one folder with ``meta/val.txt``; returns its
+    summary."""
+    counts = [0] * len(IMAGENET_CLASSES)
+    if split == 'train':
+        for label, name in enumerate(IMAGENET_CLASSES):
+            folder = root / 'train' / name
+            folder.mkdir(parents=True)
+            for index in range(1, num_per_class + 1):
+                scene = make_object(scene_rng(seed, 'imagenet', split, index, label), size, label)
+                _write_jpeg(folder / f'{name}_{index:05d}.JPEG', scene.image)
+                counts[label] += 1
+    else:
+        folder = root / 'val'
+        folder.mkdir(parents=True)
+        lines = []
+        # Validation images cycle through the classes: image i has label (i - 1) mod K.
+        for index in range(1, num_per_class * len(IMAGENET_CLASSES) + 1):
+            label = (index - 1) % len(IMAGENET_CLASSES)
+            scene = make_object(scene_rng(seed, 'imagenet', split, index), size, label)
+            file_name = f'mini_val_{index:08d}.JPEG'
+            _write_jpeg(folder / file_name, scene.image)
+            lines.append(f'{file_name} {label}\n')
+            counts[label] += 1
+        (root / 'meta' / 'val.txt').write_text(''.join(lines))
+    per_class = dict(zip(IMAGENET_CLASSES, counts))
+    return dict(images=sum(counts), instances=sum(counts), per_class=per_class)
+
+
 def _make(dataset: str, out_dir: PathLike, seed: int, num_train: int, num_val: int,
           size: tuple[int, int], force: bool) -> dict:
     _check_args(num_train, num_val, size, seed)
@@ -268,15 +342,18 @@ def _make(dataset: str, out_dir: PathLike, seed: int, num_train: int, num_val: i
     if recorded is not None:
         return dict(dataset=dataset, root=str(out_dir), skipped=True, splits=recorded)
     if dataset == 'coco':
-        root, write = out_dir, _coco_split
+        root, write, meta_dir = out_dir, _coco_split, 'annotations'
         outputs = [root / name for name in _COCO_DIRS.values()]
         outputs += [root / 'annotations' / f'instances_{name}.json' for name in _COCO_DIRS.values()]
-    else:
-        root, write = out_dir / _ADE_ROOT, _ade_split
+    elif dataset == 'ade':
+        root, write, meta_dir = out_dir / _ADE_ROOT, _ade_split, 'annotations'
         outputs = [root / kind / name for kind in ('images', 'annotations')
                    for name in _ADE_DIRS.values()]
+    else:
+        root, write, meta_dir = out_dir, _imagenet_split, 'meta'
+        outputs = [root / name for name in ('train', 'val', 'meta')]
     _clear(out_dir, outputs)
-    (root / 'annotations').mkdir(parents=True, exist_ok=True)
+    (root / meta_dir).mkdir(parents=True, exist_ok=True)
     splits = {split: write(root, split, seed, num, size)
               for split, num in (('train', num_train), ('val', num_val))}
     (out_dir / 'meta.json').write_text(json.dumps(dict(meta, summary=splits), indent=2) + '\n')
@@ -307,10 +384,29 @@ def make_ade(out_dir: PathLike, seed: int = 0, num_train: int = 64, num_val: int
     return _make('ade', out_dir, seed, num_train, num_val, tuple(size), force)
 
 
+def make_imagenet(out_dir: PathLike, seed: int = 0, num_train: int = 64, num_val: int = 16,
+                  size: tuple[int, int] = (128, 128), force: bool = False) -> dict:
+    """Writes the ImageNet (ILSVRC2012) layout that mmpretrain's ``ImageNet`` reads with
+    ``data_root=out_dir`` and ``split='train'`` / ``'val'``: ``train/<class>/<class>_{i:05d}.JPEG``
+    (``num_train`` per class, i from 1), ``val/mini_val_{i:08d}.JPEG`` (``num_val`` per class,
+    label ``(i - 1) mod 9``) and ``meta/val.txt`` (``file label`` per line), images of ``size``
+    (H, W), classes ``IMAGENET_CLASSES``. Skipped when ``out_dir/meta.json`` records the same
+    arguments, unless ``force``. Returns a summary shaped as ``make_coco``'s, with
+    ``'dataset': 'imagenet'``, the counts per class of ``IMAGENET_CLASSES`` and one instance per
+    image."""
+    return _make('imagenet', out_dir, seed, num_train, num_val, tuple(size), force)
+
+
 def describe(summary: dict) -> str:
     """One line on a dataset: image and instance counts per split, where, and whether skipped."""
     parts = []
     for split, stats in summary['splits'].items():
+        if summary['dataset'] == 'imagenet':
+            counts = set(stats['per_class'].values())
+            each = f'{counts.pop()} each' if len(counts) == 1 else 'unequal'
+            parts.append(f"{split} {stats['images']} images in {len(stats['per_class'])} "
+                         f'classes ({each})')
+            continue
         per_class = ', '.join(f'{name} {count}' for name, count in stats['per_class'].items())
         parts.append(f"{split} {stats['images']} images / {stats['instances']} shapes "
                      f'({per_class})')
@@ -326,6 +422,10 @@ def parse_args(argv: Optional[list] = None) -> argparse.Namespace:
     parser.add_argument('--num-val', type=int, default=16, help='validation images per dataset')
     parser.add_argument('--size', type=int, nargs='+', default=[128], metavar='SIDE',
                         help='image size: one side (square) or H W (default: 128)')
+    parser.add_argument('--cls-train', type=int, default=64,
+                        help='ImageNet-layout training images per class (default: 64)')
+    parser.add_argument('--cls-val', type=int, default=16,
+                        help='ImageNet-layout validation images per class (default: 16)')
     parser.add_argument('--force', action='store_true', help='rewrite even when up to date')
     args = parser.parse_args(argv)
     if len(args.size) not in (1, 2):
@@ -335,15 +435,17 @@ def parse_args(argv: Optional[list] = None) -> argparse.Namespace:
 
 
 def main(argv: Optional[list] = None) -> list:
-    """Runs the command line; returns the two summaries (COCO, then ADE20K)."""
+    """Runs the command line; returns the three summaries (COCO, ADE20K, ImageNet)."""
     args = parse_args(argv)
     out = Path(args.out)
-    kwargs = dict(seed=args.seed, num_train=args.num_train, num_val=args.num_val,
-                  size=args.size, force=args.force)
+    common = dict(seed=args.seed, size=args.size, force=args.force)
     summaries = []
-    for name, make in (('coco', make_coco), ('ade', make_ade)):
+    for name, make, num_train, num_val in (
+            ('coco', make_coco, args.num_train, args.num_val),
+            ('ade', make_ade, args.num_train, args.num_val),
+            ('imagenet', make_imagenet, args.cls_train, args.cls_val)):
         start = time.perf_counter()
-        summary = make(out / name, **kwargs)
+        summary = make(out / name, num_train=num_train, num_val=num_val, **common)
         print(f'{describe(summary)} {time.perf_counter() - start:.1f} s', flush=True)
         summaries.append(summary)
     return summaries

@@ -1,7 +1,10 @@
 # Mask R-CNN + FPN on ViT-Adapter-Ti (the full Tiny backbone, random init) on the bundled mini
 # COCO data (tools/make_mini_data.py: 128 x 128 images, circles / squares / triangles), trained on
 # the CPU in a few minutes. What differs from the COCO configs is only what the resolution asks
-# for: 4 x 4 attention windows (the 8 x 8 token grid), anchors of 16..256 px, a short schedule.
+# for: 4 x 4 attention windows (the 8 x 8 token grid), anchors of 16..256 px, a short schedule,
+# and pretrain_size=64 (a 4 x 4 PE table, resampled to the 8 x 8 grid in the forward pass: the
+# table of the mini pre-training, configs/mini/deit-ti-*_mini.py, whose checkpoint
+# tools/run_mini.py passes as model.backbone.init_cfg=dict(type='Pretrained', checkpoint=...)).
 _base_ = [
     '../_base_/models/mask-rcnn_vit-adapter-ti_fpn.py',
     'mmdet::_base_/default_runtime.py',
@@ -12,7 +15,8 @@ classes = ('circle', 'square', 'triangle')
 metainfo = dict(classes=classes, palette=[(220, 20, 60), (0, 160, 0), (0, 60, 220)])
 
 model = dict(
-    backbone=dict(pos_embed=dict(type='AbsolutePE'), window_size=4, drop_path_rate=0.0),
+    backbone=dict(pos_embed=dict(type='AbsolutePE'), pretrain_size=64, window_size=4,
+                  drop_path_rate=0.0),
     rpn_head=dict(anchor_generator=dict(scales=[4])),
     roi_head=dict(bbox_head=dict(num_classes=3), mask_head=dict(num_classes=3)),
     # A few objects per small image: fewer proposals and sampled RoIs keep the CPU step short.

@@ -2,7 +2,9 @@
 # bundled mini ADE20K-format data (tools/make_mini_data.py: 128 x 128 images, background plus
 # circles / squares / triangles as ADE labels 1-4), trained on the CPU in a few minutes. Whole-image
 # inference (the images are smaller than a 512 crop), a 256-channel decoder (512 in the ADE20K
-# configs) and a short schedule are what differ; backbone and layer-decay AdamW are the same.
+# configs), a short schedule and pretrain_size=64 (the 4 x 4 PE table of the mini pre-training,
+# configs/mini/deit-ti-*_mini.py, resampled to the 8 x 8 grid in the forward pass) are what
+# differ; backbone and layer-decay AdamW are the same.
 _base_ = [
     '../_base_/models/upernet_vit-adapter-ti.py',
     'mmseg::_base_/default_runtime.py',
@@ -12,7 +14,7 @@ data_root = 'data/mini/ade/ADEChallengeData2016'
 crop_size = (128, 128)
 model = dict(
     data_preprocessor=dict(size=crop_size),
-    backbone=dict(pos_embed=dict(type='AbsolutePE'), drop_path_rate=0.0),
+    backbone=dict(pos_embed=dict(type='AbsolutePE'), pretrain_size=64, drop_path_rate=0.0),
     # The decoder's 3x3 convolutions at 1/4 resolution cost most of a CPU step at 512 channels
     # (2.8 s vs 1.3 s per batch of 4 here); the backbone is untouched.
     decode_head=dict(channels=256),
