@@ -76,7 +76,13 @@ class GridCache:
         self._entries: OrderedDict = OrderedDict()
 
     def get(self, key: Hashable, params: Sequence[Tensor], compute: Callable[[], Any]) -> Any:
-        """``compute()``, or the value stored under ``key`` if ``params`` are unchanged since."""
+        """``compute()``, or the value stored under ``key`` if ``params`` are unchanged since.
+
+        While ``torch.compile`` or ``torch.export`` traces, nothing is looked up or stored: the
+        traced graph computes the value itself (a stored tensor would enter it as a constant, and
+        symbolic sizes in ``key`` cannot be hashed)."""
+        if torch.compiler.is_compiling() or torch.compiler.is_exporting():
+            return compute()
         key = (key, tuple((p.device, p.dtype) for p in params), _autocast_state(),
                torch.is_inference_mode_enabled())
         entry = self._entries.get(key)

@@ -16,8 +16,9 @@ from torch.utils.checkpoint import checkpoint
 
 from ..ops import MSDeformAttn
 
-# (reference_points (1, Q, 1, 2), spatial_shapes (L, 2), level_start_index (L,))
-DeformInputs = Tuple[Tensor, Tensor, Tensor]
+# (reference_points (1, Q, 1, 2), spatial_shapes (L, 2), level_start_index (L,), the same
+# (H, W) per level as Python ints)
+DeformInputs = Tuple[Tensor, Tensor, Tensor, List[Tuple[int, int]]]
 
 
 def maybe_checkpoint(fn: Callable, *args: Tensor, enabled: bool) -> Tensor:
@@ -107,7 +108,7 @@ class _CrossAttention(nn.Module):
 
     def _attend(self, query: Tensor, feat: Tensor, deform: DeformInputs) -> Tensor:
         return self.attn(self.query_norm(query), deform[0], self.feat_norm(feat), deform[1],
-                         deform[2])
+                         deform[2], shapes=deform[3])
 
 
 class Injector(_CrossAttention):

@@ -7,7 +7,6 @@ load one to one.
 """
 from __future__ import annotations
 
-import math
 from typing import Optional, Tuple
 
 import torch
@@ -70,7 +69,7 @@ class Attention(nn.Module):
         b, n, c3 = qkv.shape
         h, w = grid
         ws = self.window_size
-        hp, wp = math.ceil(h / ws) * ws, math.ceil(w / ws) * ws
+        hp, wp = h + (-h) % ws, w + (-w) % ws  # integer arithmetic: symbolic sizes stay exact
         qkv = F.pad(qkv.view(b, h, w, c3), (0, 0, 0, wp - w, 0, hp - h))
         nh, nw = hp // ws, wp // ws
         # (B, nh, ws, nw, ws, 3, M, d) -> (3, B*nh*nw, M, ws*ws, d): the windows fold into the

@@ -57,12 +57,14 @@ def _reference_points(shapes: Sequence[Tuple[int, int]], device: torch.device) -
 
 def deform_inputs(vit_grid: Tuple[int, int], c_shapes: Sequence[Tuple[int, int]],
                   device: torch.device) -> Tuple[DeformInputs, DeformInputs]:
-    """Reference points, spatial shapes and level start indices of the injector (queries: the ViT
-    grid; values: the three adapter levels) and of the extractor (the other way round)."""
+    """Reference points, spatial shapes (as a tensor, and as Python ints) and level start indices
+    of the injector (queries: the ViT grid; values: the three adapter levels) and of the extractor
+    (the other way round)."""
     def level_info(shapes):
-        spatial = torch.as_tensor(shapes, dtype=torch.long, device=device)
+        # torch.tensor, not as_tensor: only the former keeps sizes symbolic under torch.export.
+        spatial = torch.tensor(shapes, dtype=torch.long, device=device)
         start = torch.cat([spatial.new_zeros(1), spatial.prod(1).cumsum(0)[:-1]])
-        return spatial, start
+        return spatial, start, list(shapes)
 
     c_shapes = [tuple(s) for s in c_shapes]
     inject = (_reference_points([tuple(vit_grid)], device), *level_info(c_shapes))
@@ -94,8 +96,9 @@ class ViTAdapter(BaseModule):
             and windowed attention (reference: explicit ``softmax(q k^T / sqrt(d)) v``), on the
             CPU the gather-based deformable-attention sampler
             :func:`~pe_dense.models.ops.ms_deform_attn_gather` (reference: mmcv's per-level
-            ``grid_sample`` form; CUDA tensors use mmcv's kernel either way), and caches per
-            input grid what depends only on it: the reference points and level shapes (always)
+            ``grid_sample`` form; CUDA tensors use mmcv's kernel either way when mmcv has its
+            CUDA ops), and caches per input grid what depends only on it: the reference points
+            and level shapes (always)
             and, in eval mode when no gradient flows into them, the PE tables and chains
             (recomputed as soon as one of their parameters changes). Settable after
             construction: ``model.fast_path = False``.

@@ -2,10 +2,12 @@
 
 Three implementations of the sampling, all bilinear with zero padding and ``align_corners=False``:
 
-- CUDA tensors: mmcv's kernel (``MultiScaleDeformableAttnFunction``);
+- CUDA tensors: mmcv's kernel (``MultiScaleDeformableAttnFunction``) when mmcv was built with
+  CUDA ops, else the gather path below (which runs on any device);
 - CPU, fast path (default): :func:`ms_deform_attn_gather`, one gather over all levels at once;
 - CPU, reference path: mmcv's PyTorch form (``multi_scale_deformable_attn_pytorch``: one
-  ``grid_sample`` per level on ``(B*M, D, H, W)`` values), kept for tests and comparisons.
+  ``grid_sample`` per level on ``(B*M, D, H, W)`` values), kept for tests and comparisons, and
+  what ``torch.export`` (hence ONNX export) traces on either path.
 
 The sampling runs in float32 whatever the precision around it, as the published CUDA kernel
 requires (its autograd function casts its inputs to float32 under autocast): half-precision
@@ -17,9 +19,10 @@ adapter's ``ratio`` (value channels = ``ratio * d_model``).
 """
 from __future__ import annotations
 
+import functools
 import math
 import warnings
-from typing import List, Optional, Tuple
+from typing import List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -27,10 +30,23 @@ from mmcv.ops.multi_scale_deform_attn import (MultiScaleDeformableAttnFunction,
                                               multi_scale_deformable_attn_pytorch)
 from torch import Tensor, nn
 
+# (H_l, W_l) of each level: an ``(L, 2)`` long tensor or a sequence of pairs of Python ints.
+Shapes = Union[Tensor, Sequence[Tuple[int, int]]]
+
+
+def level_shapes(spatial_shapes: Shapes) -> List[Tuple[int, int]]:
+    """The levels' (H, W) as Python ints. Read from a tensor (a device-to-host copy for CUDA
+    tensors, and values that ``torch.export`` cannot keep symbolic) unless given as pairs, which
+    are passed through as they are (symbolic sizes included)."""
+    if isinstance(spatial_shapes, Tensor):
+        return [(int(h), int(w)) for h, w in spatial_shapes.tolist()]
+    return [(h, w) for h, w in spatial_shapes]
+
 
 def ms_deform_attn_sample(value: Tensor, spatial_shapes: Tensor, level_start_index: Tensor,
                           sampling_locations: Tensor, attention_weights: Tensor,
-                          im2col_step: int = 64, fast_path: bool = True) -> Tensor:
+                          im2col_step: int = 64, fast_path: bool = True,
+                          shapes: Optional[Sequence[Tuple[int, int]]] = None) -> Tensor:
     """Weighted bilinear sampling of multi-level values.
 
     Args:
@@ -42,7 +58,10 @@ def ms_deform_attn_sample(value: Tensor, spatial_shapes: Tensor, level_start_ind
         attention_weights: ``(B, Q, M, L, P)``.
         im2col_step: batch chunk of the CUDA kernel.
         fast_path: on the CPU, :func:`ms_deform_attn_gather` (True) or mmcv's per-level
-            ``grid_sample`` form (False). CUDA tensors always use mmcv's kernel.
+            ``grid_sample`` form (False). CUDA tensors use mmcv's kernel (either path) when mmcv
+            has its CUDA ops.
+        shapes: the same (H_l, W_l) as Python ints, if the caller has them: the CPU paths then
+            read no tensor values, which keeps sizes symbolic under ``torch.export``.
 
     Returns:
         ``(B, Q, M * D)`` in the dtype of ``value``. Half-precision inputs (float16, bfloat16) are
@@ -52,17 +71,25 @@ def ms_deform_attn_sample(value: Tensor, spatial_shapes: Tensor, level_start_ind
     with torch.autocast(value.device.type, enabled=False):
         value, sampling_locations, attention_weights = _at_least_float32(
             value, sampling_locations, attention_weights)
-        if value.is_cuda:
+        if value.is_cuda and mmcv_has_cuda_ops():
             out = MultiScaleDeformableAttnFunction.apply(value, spatial_shapes, level_start_index,
                                                          sampling_locations, attention_weights,
                                                          im2col_step)
-        elif fast_path:
-            out = ms_deform_attn_gather(value, spatial_shapes, sampling_locations,
-                                        attention_weights)
         else:
-            out = multi_scale_deformable_attn_pytorch(value, spatial_shapes, sampling_locations,
-                                                      attention_weights)
+            levels = level_shapes(spatial_shapes if shapes is None else shapes)
+            # torch.export traces the per-level grid_sample form: it maps onto ONNX GridSample,
+            # while the gather form's custom autograd function and strided views do not export.
+            gather = fast_path and not torch.compiler.is_exporting()
+            sampler = ms_deform_attn_gather if gather else multi_scale_deformable_attn_pytorch
+            out = sampler(value, levels, sampling_locations, attention_weights)
     return out.to(dtype)
+
+
+@functools.lru_cache(maxsize=None)
+def mmcv_has_cuda_ops() -> bool:
+    """Whether the installed mmcv was compiled with its CUDA kernels."""
+    from mmcv.ops import get_compiling_cuda_version
+    return get_compiling_cuda_version() != 'not available'
 
 
 def _at_least_float32(*tensors: Tensor) -> Tuple[Tensor, ...]:
@@ -70,7 +97,7 @@ def _at_least_float32(*tensors: Tensor) -> Tuple[Tensor, ...]:
     return tuple(t.float() if t.dtype in (torch.float16, torch.bfloat16) else t for t in tensors)
 
 
-def ms_deform_attn_gather(value: Tensor, spatial_shapes: Tensor, sampling_locations: Tensor,
+def ms_deform_attn_gather(value: Tensor, spatial_shapes: Shapes, sampling_locations: Tensor,
                           attention_weights: Tensor) -> Tensor:
     """The sampling of :func:`ms_deform_attn_sample` as one weighted gather over all levels.
 
@@ -82,11 +109,11 @@ def ms_deform_attn_gather(value: Tensor, spatial_shapes: Tensor, sampling_locati
     weights and, through the bilinear weights, the locations (see :class:`_BilinearGather`).
 
     Args and returns: as :func:`ms_deform_attn_sample` (no ``level_start_index``: the levels are
-    contiguous in ``value`` in the order of ``spatial_shapes``).
+    contiguous in ``value`` in the order of ``spatial_shapes``, a tensor or (H, W) pairs).
     """
     b, _, m, d = value.shape
     _, q, _, n_levels, _, _ = sampling_locations.shape
-    shapes: List[Tuple[int, int]] = [(int(h), int(w)) for h, w in spatial_shapes.tolist()]
+    shapes = level_shapes(spatial_shapes)
     # (L, 1, 2) sizes (W, H), the right/bottom clamp of the pixel coordinates.
     sizes = torch.tensor([[w, h] for h, w in shapes], dtype=sampling_locations.dtype,
                          device=sampling_locations.device).view(n_levels, 1, 2)
@@ -323,7 +350,8 @@ class MSDeformAttn(nn.Module):
 
     def forward(self, query: Tensor, reference_points: Tensor, input_flatten: Tensor,
                 spatial_shapes: Tensor, level_start_index: Tensor,
-                input_padding_mask: Optional[Tensor] = None) -> Tensor:
+                input_padding_mask: Optional[Tensor] = None,
+                shapes: Optional[Sequence[Tuple[int, int]]] = None) -> Tensor:
         """
         Args:
             query: ``(B, Q, d_model)``.
@@ -331,6 +359,7 @@ class MSDeformAttn(nn.Module):
             input_flatten: ``(B, S, d_model)``, the levels flattened and concatenated.
             spatial_shapes: ``(L, 2)`` long; level_start_index: ``(L,)`` long.
             input_padding_mask: ``(B, S)`` bool, True where the value is padding.
+            shapes: ``spatial_shapes`` as Python ints (see :func:`ms_deform_attn_sample`).
 
         Returns:
             ``(B, Q, d_model)``.
@@ -356,7 +385,7 @@ class MSDeformAttn(nn.Module):
             locations = (reference_points[:, :, None, :, None, :].to(offsets.dtype)
                          + offsets / normalizer[None, None, None, :, None, :])
             out = ms_deform_attn_sample(value, spatial_shapes, level_start_index, locations,
-                                        weights, fast_path=self.fast_path)
+                                        weights, fast_path=self.fast_path, shapes=shapes)
         return self.output_proj(out.to(out_dtype))
 
     def extra_repr(self) -> str:
