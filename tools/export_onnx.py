@@ -1,0 +1,118 @@
+"""Exports a pe-dense model to ONNX and checks the file with onnxruntime on the CPU.
+
+    python tools/export_onnx.py CONFIG [CHECKPOINT] --out FILE [--shape H W] [--dynamic]
+        [--second-shape H W] [--part {model,backbone}] [--opset N] [--atol A] [--repeats N]
+        [--json FILE] [--cfg-options KEY=VALUE ...]
+
+``--part model`` (default): an UperNet config gives the segmentor up to its logits (stride 4), a
+Mask R-CNN config the backbone + FPN (the RPN and RoI heads stay in PyTorch); ``--part backbone``:
+the ViT-Adapter backbone's four maps. Without CHECKPOINT the weights are random (enough to check
+the export). The file is run with onnxruntime on the same seeded input as PyTorch; the largest
+absolute difference per output and both latencies (median of ``--repeats`` runs, same thread
+count) are printed. With ``--dynamic`` the height and width are free and the check runs at
+``--second-shape`` too (default: W x (H + 64)). Exits with
+status 1 if a difference exceeds ``--atol`` (1e-4).
+"""
+import argparse
+import json
+import os
+import os.path as osp
+import sys
+import time
+import warnings
+
+warnings.filterwarnings('ignore', message='pkg_resources is deprecated')
+
+import torch  # noqa: E402
+
+from pe_dense import deploy  # noqa: E402
+
+# Operators named in the summary line: what carries the deformable attention and the PEs.
+KEY_OPERATORS = ('GridSample', 'Resize', 'Conv', 'LayerNormalization', 'MatMul', 'Softmax')
+
+
+def parse_args(argv=None):
+    from mmengine.config import DictAction
+    parser = argparse.ArgumentParser(description='Export a pe-dense model to ONNX and check it '
+                                     'with onnxruntime')
+    parser.add_argument('config', help='mmdet or mmseg config file')
+    parser.add_argument('checkpoint', nargs='?', help='trained checkpoint (default: random '
+                        'weights)')
+    parser.add_argument('--out', required=True, help='ONNX file to write')
+    parser.add_argument('--shape', nargs=2, type=int, default=[512, 512], metavar=('H', 'W'),
+                        help='input height and width of the export and the first check')
+    parser.add_argument('--dynamic', action='store_true', help='free input height and width')
+    parser.add_argument('--second-shape', nargs=2, type=int, metavar=('H', 'W'),
+                        help='with --dynamic: the second size checked')
+    parser.add_argument('--part', choices=deploy.PARTS, default='model')
+    parser.add_argument('--opset', type=int, default=deploy.OPSET)
+    parser.add_argument('--atol', type=float, default=1e-4,
+                        help='largest absolute difference accepted per output')
+    parser.add_argument('--repeats', type=int, default=5, help='timed runs per latency')
+    parser.add_argument('--json', help='also write the results to this JSON file')
+    parser.add_argument('--cfg-options', nargs='+', action=DictAction,
+                        help='override config entries, e.g. model.backbone.pos_embed.type=PEG')
+    args = parser.parse_args(argv)
+    if args.second_shape and not args.dynamic:
+        parser.error('--second-shape needs --dynamic (a static graph takes one size)')
+    return args
+
+
+def main(argv=None) -> int:
+    from mmengine.config import Config
+    args = parse_args(argv)
+    if args.checkpoint and not osp.isfile(args.checkpoint):
+        raise SystemExit(f'checkpoint {args.checkpoint} does not exist')
+    shapes = [tuple(args.shape)]
+    if args.dynamic:
+        shapes.append(tuple(args.second_shape or (args.shape[1], args.shape[0] + 64)))
+    try:
+        shapes = deploy.check_shapes(shapes)
+    except ValueError as e:
+        raise SystemExit(str(e))
+    cfg = Config.fromfile(args.config)
+    if args.cfg_options:
+        cfg.merge_from_dict(args.cfg_options)
+    torch.manual_seed(0)
+    model = deploy.build_model(cfg, args.checkpoint)
+    module = deploy.export_module(model, args.part)
+    images = [torch.randn(1, 3, h, w) for h, w in shapes]
+
+    os.makedirs(osp.dirname(osp.abspath(args.out)), exist_ok=True)
+    start = time.perf_counter()
+    names = deploy.export_onnx(module, images[0], args.out, dynamic=args.dynamic,
+                               opset=args.opset)
+    seconds = time.perf_counter() - start
+    ops = deploy.onnx_operators(args.out)
+    size = 'free height and width' if args.dynamic else 'static size %dx%d' % shapes[0]
+    print(f'exported {args.part} of {osp.basename(args.config)} to {args.out} '
+          f'({osp.getsize(args.out) / 1e6:.1f} MB, opset {args.opset}, {size}) in {seconds:.0f} s')
+    print('operators: ' + ', '.join(f'{op} x{ops[op]}' for op in KEY_OPERATORS if op in ops)
+          + f'; {sum(ops.values())} nodes of {len(ops)} types')
+
+    session = deploy.onnx_session(args.out)
+    results, worst = [], 0.0
+    for (h, w), image in zip(shapes, images):
+        diffs = deploy.compare(module, session, image)
+        t_torch, t_ort = deploy.latencies(module, session, image, args.repeats)
+        worst = max([worst] + [d for _, d in diffs])
+        print(f'{h}x{w}: ' + ', '.join(f'{n} {tuple(s)} max|diff| {d:.1e}'
+                                       for n, (s, d) in zip(names, diffs)))
+        print(f'{h}x{w}: latency PyTorch {t_torch:.1f} ms, onnxruntime {t_ort:.1f} ms '
+              f'({torch.get_num_threads()} threads)')
+        results.append(dict(shape=[h, w], max_abs_diff=[d for _, d in diffs],
+                            output_shapes=[list(s) for s, _ in diffs],
+                            torch_ms=t_torch, onnxruntime_ms=t_ort))
+    ok = worst <= args.atol
+    print(f'parity: largest difference {worst:.1e} {"<=" if ok else ">"} {args.atol:g}: '
+          f'{"ok" if ok else "FAILED"}')
+    if args.json:
+        with open(args.json, 'w') as f:
+            json.dump(dict(config=args.config, part=args.part, opset=args.opset,
+                           dynamic=args.dynamic, export_seconds=seconds, operators=ops,
+                           threads=torch.get_num_threads(), checks=results, ok=ok), f, indent=1)
+    return 0 if ok else 1
+
+
+if __name__ == '__main__':
+    sys.exit(main())
