@@ -31,6 +31,11 @@ setup(
         # mmengine imports pkg_resources at run time; setuptools 81 removed it.
         'setuptools<81',
     ],
-    extras_require={'tests': ['pytest', 'ruff', 'matplotlib']},
+    extras_require={
+        'tests': ['pytest', 'ruff', 'matplotlib'],
+        # ONNX export (tools/export_onnx.py): torch's exporter needs onnxscript; onnxruntime
+        # checks the exported file.
+        'deploy': ['onnx>=1.16', 'onnxscript>=0.3', 'onnxruntime>=1.18'],
+    },
     zip_safe=False,
 )
