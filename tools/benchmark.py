@@ -3,7 +3,7 @@
     python tools/benchmark.py [--config CFG] [--methods AbsolutePE PVG ...]
         [--sizes 512x512 1024x1024 1333x800] [--batch 1] [--device cpu|cuda] [--threads N]
         [--repeats 7] [--warmup 2] [--reference | --compare] [--with-cp] [--clock wall|cpu]
-        [--no-train] [--no-memory] [--no-flops] [--out work_dirs/benchmark]
+        [--amp off|fp16|bf16] [--no-train] [--no-memory] [--no-flops] [--out work_dirs/benchmark]
 
 The backbone is ``cfg.model.backbone`` of ``--config`` (``pos_embed`` replaced by each method,
 ``init_cfg`` dropped: random weights) or, without ``--config``, ``ViTAdapter()``'s defaults
@@ -32,9 +32,15 @@ path:
   the measured pass. That is the resident memory the pass needed (tensors, allocator and library
   workspaces), close to the CUDA number; where ``clear_refs`` is unavailable the pass runs
   without warm-up and ``ru_maxrss`` is used.
+- ``--amp fp16`` / ``--amp bf16``: every timed pass and every memory measurement runs under
+  ``torch.autocast(device_type, dtype)`` (the training loss is formed inside it and its backward
+  runs after it, as mmengine's ``AmpOptimWrapper`` does; no loss scaling, which timing does not
+  need). One precision per run, recorded as ``amp`` and ``precision`` in the JSON meta and in the
+  Markdown header. float16 autocast is a GPU feature: on the CPU only ``bf16`` is accepted.
 - **parameters**, and **GMACs** of one forward of the batch (multiply-accumulates, mmengine's
   ``FlopAnalyzer``, traced on the reference path, whose attention is explicit matmuls; a bilinear
-  sample counts as 4 MACs per value; element-wise operations are not counted).
+  sample counts as 4 MACs per value; element-wise operations are not counted; traced in float32
+  whatever ``--amp``: the count does not depend on the precision).
 
 ``--reference`` times the reference path instead of the fast one; ``--compare`` times both,
 interleaved, and adds a table of fast-path speed-ups; ``--with-cp`` adds a twin of each model
@@ -45,6 +51,7 @@ against the same model without. The Markdown table is printed and written with t
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import datetime
 import gc
@@ -58,6 +65,7 @@ import subprocess
 import sys
 import time
 import warnings
+from functools import partial
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
@@ -70,6 +78,8 @@ from pe_dense.models import ViTAdapter  # noqa: E402
 
 METHODS = ('AbsolutePE', 'NoPE', 'PEG', 'LaPE', 'PVG', 'MPVG')
 DEFAULT_SIZES = ('512x512', '1024x1024', '1333x800')
+# --amp choices: the autocast dtype (None: no autocast, float32 throughout).
+AMP_DTYPES = {'off': None, 'fp16': torch.float16, 'bf16': torch.bfloat16}
 MiB = 1024 * 1024
 
 
@@ -117,17 +127,29 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def forward_pass(model: ViTAdapter, img: torch.Tensor) -> None:
+def autocast(device: torch.device, amp: str = 'off'):
+    """``torch.autocast`` of the ``--amp`` choice on ``device``, or a no-op for ``'off'``."""
+    dtype = AMP_DTYPES[amp]
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=dtype)
+
+
+def forward_pass(model: ViTAdapter, img: torch.Tensor, amp: str = 'off') -> None:
     model.eval()
-    with torch.no_grad():
+    with torch.no_grad(), autocast(img.device, amp):
         model(img)
 
 
-def train_pass(model: ViTAdapter, img: torch.Tensor) -> None:
+def train_pass(model: ViTAdapter, img: torch.Tensor, amp: str = 'off') -> None:
+    """Forward and the loss under autocast (if any), backward after it, as mmengine's
+    ``AmpOptimWrapper`` runs them."""
     model.train()
     model.zero_grad(set_to_none=True)
-    outs = model(img)
-    sum(o.float().mean() for o in outs).backward()
+    with autocast(img.device, amp):
+        outs = model(img)
+        loss = sum(o.float().mean() for o in outs)
+    loss.backward()
 
 
 def time_interleaved(models: Dict[str, ViTAdapter], img: torch.Tensor, step, repeats: int,
@@ -166,7 +188,8 @@ def measure_memory(spec: dict) -> dict:
         torch.set_num_threads(spec['threads'])
     model = build(spec['kwargs'], spec['method'], spec['fast_path'], spec['with_cp'], device)
     img = torch.randn(spec['batch'], 3, *spec['size'], device=device)
-    step = train_pass if spec['mode'] == 'train' else forward_pass
+    step = partial(train_pass if spec['mode'] == 'train' else forward_pass,
+                   amp=spec.get('amp', 'off'))
     if device.type == 'cuda':
         step(model, img)
         if spec['mode'] == 'train':
@@ -228,9 +251,11 @@ def memory_in_subprocess(spec: dict) -> dict:
 
 
 def memory_spec(kwargs: dict, method: str, fast_path: bool, with_cp: bool, size: Tuple[int, int],
-                batch: int, mode: str, device: torch.device, threads: Optional[int]) -> dict:
+                batch: int, mode: str, device: torch.device, threads: Optional[int],
+                amp: str = 'off') -> dict:
     return dict(kwargs=kwargs, method=method, fast_path=fast_path, with_cp=with_cp,
-                size=list(size), batch=batch, mode=mode, device=str(device), threads=threads)
+                size=list(size), batch=batch, mode=mode, device=str(device), threads=threads,
+                amp=amp)
 
 
 def peak_memory(spec: dict) -> dict:
@@ -280,6 +305,7 @@ def markdown(meta: dict, records: List[dict], args) -> str:
              f" {meta['repeats']} timed runs after {meta['warmup']} warm-up runs, interleaved;"
              f" times: {meta['clock']} clock (OMP_WAIT_POLICY={meta['omp_wait_policy']})",
              f"- torch {meta['torch']}; {meta['date']}; load average before: {meta['load']}",
+             *([f"- precision: {meta['precision']}"] if meta['amp'] != 'off' else []),
              f"- memory: {meta['memory_method']}", f"- command: `{meta['command']}`", '',
              '| size (WxH) | method | path | params (M) | GMACs | fwd (ms) | img/s '
              '| fwd+bwd (ms) | fwd peak (MiB) | train peak (MiB) | fwd vs Abs | fwd+bwd vs Abs |',
@@ -342,8 +368,10 @@ def run(args) -> Tuple[dict, List[dict]]:
     records = []
     for size in sizes:
         img = torch.randn(args.batch, 3, *size, device=device)
-        fwd_runs = time_interleaved(models, img, forward_pass, args.repeats, args.warmup)
-        train_runs = (time_interleaved(models, img, train_pass, args.repeats, args.warmup)
+        fwd_runs = time_interleaved(models, img, partial(forward_pass, amp=args.amp),
+                                    args.repeats, args.warmup)
+        train_runs = (time_interleaved(models, img, partial(train_pass, amp=args.amp),
+                                       args.repeats, args.warmup)
                       if not args.no_train else None)
         fwd = {key: runs[args.clock] for key, runs in fwd_runs.items()}
         train = ({key: runs[args.clock] for key, runs in train_runs.items()}
@@ -369,7 +397,7 @@ def run(args) -> Tuple[dict, List[dict]]:
             if not args.no_memory:
                 for mode in ('forward', 'train') if train is not None else ('forward',):
                     spec = memory_spec(kwargs, method, model.fast_path, model.with_cp, size,
-                                       args.batch, mode, device, args.threads)
+                                       args.batch, mode, device, args.threads, args.amp)
                     result = peak_memory(spec)
                     key = 'fwd_peak_mib' if mode == 'forward' else 'train_peak_mib'
                     rec[key] = result['peak_bytes'] / MiB
@@ -385,7 +413,8 @@ def run(args) -> Tuple[dict, List[dict]]:
                 batch=args.batch, repeats=args.repeats, warmup=args.warmup, clock=args.clock,
                 omp_wait_policy=os.environ.get('OMP_WAIT_POLICY', 'unset'),
                 torch=torch.__version__, date=datetime.datetime.now().isoformat(timespec='seconds'),
-                load=args.load, command=' '.join(sys.argv),
+                load=args.load, command=' '.join(sys.argv), amp=args.amp,
+                precision=_precision(args.amp),
                 memory_method=('cuda max_memory_allocated above the allocation before the pass'
                                if device.type == 'cuda' else
                                'CPU peak RSS above RSS before the pass, fresh subprocess per '
@@ -420,6 +449,13 @@ def _relate(records: List[dict], size: Tuple[int, int], fwd: dict,
                 rec['cp_peak_ratio'] = cp['train_peak_mib'] / rec['train_peak_mib']
 
 
+def _precision(amp: str) -> str:
+    if amp == 'off':
+        return 'float32'
+    dtype = str(AMP_DTYPES[amp]).replace('torch.', '')
+    return f'{dtype} autocast, float32 weights; MACs traced in float32'
+
+
 def _device_name(device: torch.device) -> str:
     if device.type == 'cuda':
         return torch.cuda.get_device_name(device)
@@ -447,6 +483,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                         help='also measure each model with gradient checkpointing')
     parser.add_argument('--clock', choices=('wall', 'cpu'), default='wall',
                         help='times in the table: wall clock or the process\'s CPU time')
+    parser.add_argument('--amp', choices=tuple(AMP_DTYPES), default='off',
+                        help='run every pass under torch.autocast in this precision: fp16 '
+                        '(CUDA) or bf16 (CUDA or CPU); default: %(default)s (float32)')
     parser.add_argument('--no-train', action='store_true', help='skip forward+backward')
     parser.add_argument('--no-memory', action='store_true', help='skip peak memory')
     parser.add_argument('--no-flops', action='store_true', help='skip the MAC count')
@@ -458,6 +497,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         parser.error('--repeats and --batch must be >= 1, --warmup >= 0')
     if args.clock == 'cpu' and args.device != 'cpu':
         parser.error('--clock cpu is for --device cpu')
+    if args.amp == 'fp16' and args.device.split(':')[0] == 'cpu':
+        parser.error('--amp fp16 needs --device cuda: float16 autocast is a GPU feature; on the '
+                     'CPU use --amp bf16 (bfloat16 autocast) or leave --amp off')
     if args.with_cp and args.no_train:
         parser.error('--with-cp measures training; it cannot go with --no-train')
     return args
