@@ -6,7 +6,8 @@ What is exported (:func:`export_module`):
 - ``part='model'``: for an mmseg segmentor (UperNet), image -> the decode head's logits at
   stride 4 (``model(x, mode='tensor')``; mmseg resizes them to the image afterwards); for an mmdet
   detector (Mask R-CNN), image -> backbone + FPN, the five maps the RPN and RoI heads read. The
-  RPN, RoI heads and their post-processing (NMS, RoIAlign, mask pasting) stay in PyTorch.
+  RPN, RoI heads and their post-processing (NMS, RoIAlign, mask pasting) stay in PyTorch; for an
+  mmpretrain ``ImageClassifier`` (the pre-training configs), image -> class logits.
 
 The graph comes from ``torch.export`` (``torch.onnx.export(..., dynamo=True)``) at opset
 :data:`OPSET`. The input is a normalised ``(1, 3, H, W)`` float32 batch, as the data preprocessor
@@ -49,7 +50,7 @@ class _Features(nn.Module):
 
 
 class _Logits(nn.Module):
-    """A segmentor's ``mode='tensor'`` output: the decode head's logits."""
+    """``mode='tensor'`` output: a segmentor's decode-head logits, a classifier's class logits."""
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
@@ -100,12 +101,13 @@ def export_module(model: nn.Module, part: str = 'model') -> nn.Module:
         raise ValueError(f'part must be one of {PARTS}, got {part!r}')
     if part == 'backbone':
         return model.backbone.eval()
-    if hasattr(model, 'decode_head'):
+    if hasattr(model, 'decode_head') or type(model).__name__ == 'ImageClassifier':
         return _Logits(model).eval()
     if hasattr(model, 'roi_head') or hasattr(model, 'rpn_head'):
         return _Features(model).eval()
-    raise ValueError(f'{type(model).__name__} is neither an mmseg segmentor nor an mmdet detector '
-                     'with RPN/RoI heads; export its backbone with --part backbone')
+    raise ValueError(f'{type(model).__name__} is not an mmseg segmentor, an mmdet detector with '
+                     'RPN/RoI heads or an mmpretrain ImageClassifier; export its backbone with '
+                     '--part backbone')
 
 
 class MatmulAdaptiveAvgPool2d(nn.Module):
@@ -172,6 +174,8 @@ def export_onnx(module: nn.Module, image: Tensor, out: str, dynamic: bool = Fals
         # fall-back of the ONNX exporter to a static graph.
         exported = torch.export.export(exportable(module), (image,),
                                        dynamic_shapes=dynamic_shapes, strict=False)
+        if dynamic:
+            _check_sizes_stay_free(exported, image)
         program = torch.onnx.export(exported, (image,), dynamo=True, opset_version=opset,
                                     input_names=['image'], output_names=names,
                                     external_data=False, verbose=False)
@@ -180,6 +184,18 @@ def export_onnx(module: nn.Module, image: Tensor, out: str, dynamic: bool = Fals
         raise RuntimeError(f'{out}: the exported input has a fixed size; the export was not '
                            'dynamic')
     return names
+
+
+def _check_sizes_stay_free(exported, image: Tensor) -> None:
+    """Runs the exported program at another size (64 pixels taller and wider). A comparison with
+    the traced size somewhere in the model can fix that size into the graph as a run-time
+    assertion, which ONNX drops: the file would then fail or be wrong at other sizes."""
+    other = image.new_zeros(*image.shape[:2], image.shape[2] + 64, image.shape[3] + 64)
+    try:
+        exported.module()(other)
+    except Exception as e:  # the assertion's own error type varies across torch versions
+        raise RuntimeError(f'the traced graph only takes {tuple(image.shape[2:])} inputs, not '
+                           f'{tuple(other.shape[2:])}: {str(e)[:300]}') from e
 
 
 def _input_dims(path: str):

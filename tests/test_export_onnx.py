@@ -61,6 +61,38 @@ def test_backbone_export_dynamic(method, tmp_path):
     assert ops['Conv'] == 29 + (method == 'peg')
 
 
+def test_dynamic_export_at_the_pretraining_size(tmp_path):
+    """Exported at 64x64, where the 4x4 patch grid equals the learned table (pretrain_size 64):
+    the table must still be resampled in the graph (MPVG reads it in three places), so that the
+    file is right at 96x128. Without that, the size comparison fixes 64x64 into the graph."""
+    torch.manual_seed(0)
+    backbone = deploy.export_module(
+        deploy.build_model(mini_config('seg', 'mpvg'), logger=lambda msg: None), 'backbone')
+    randomize(backbone, seed=4)
+    path = str(tmp_path / 'backbone.onnx')
+    deploy.export_onnx(backbone, torch.randn(1, 3, 64, 64), path, dynamic=True)
+    session = deploy.onnx_session(path)
+    for h, w in [(64, 64), (96, 128)]:
+        result = deploy.compare(backbone, session, torch.randn(1, 3, h, w))
+        assert max(diff for _, diff in result) <= ATOL, result
+
+
+def test_size_fixed_by_tracing_is_an_error(tmp_path):
+    """A model that compares a size derived from its input (the patch grid, W // 16) with the
+    traced one cannot be exported with free sizes. torch.export does not refuse it (it only
+    refuses comparisons of the input size itself): it records a run-time assertion, which ONNX
+    drops. The export says so instead of writing a file that fails at other sizes."""
+    class SizeDependent(nn.Module):
+        def forward(self, x):
+            if x.shape[-1] // 16 == 6:
+                return x * 2
+            return x
+
+    with pytest.raises(RuntimeError, match=r'only takes \(64, 96\) inputs'):
+        deploy.export_onnx(SizeDependent(), torch.randn(1, 3, 64, 96),
+                           str(tmp_path / 'x.onnx'), dynamic=True)
+
+
 def test_dynamic_graph_needs_multiples_of_32(tmp_path):
     """What the docs say of other sizes: the dynamic graph refuses them in onnxruntime (an
     element-wise op cannot broadcast), and a dynamic export at such a size is refused up front."""
@@ -122,6 +154,19 @@ def test_tool_mask_rcnn_features_from_checkpoint(tmp_path):
     rebuilt = deploy.build_model(mini_config('det', 'lape'), str(ckpt), logger=lambda msg: None)
     assert torch.equal(rebuilt.backbone.blocks[0].attn.qkv.weight,
                        model.backbone.blocks[0].attn.qkv.weight)
+
+
+def test_tool_classifier_logits_dynamic(tmp_path):
+    """The pre-training classifier (PEG, class token, 64x64 training size) exported with free
+    sizes: its logits match at 64x96 and at 96x64."""
+    report = tmp_path / 'report.json'
+    code, log = run_tool(os.path.join(ROOT, 'configs', 'mini', 'deit-ti-peg_mini.py'), '--out',
+                         str(tmp_path / 'cls.onnx'), '--shape', '64', '96', '--dynamic',
+                         '--second-shape', '96', '64', '--repeats', '1', '--json', str(report))
+    assert code == 0, log
+    checks = json.loads(report.read_text())['checks']
+    assert [c['output_shapes'] for c in checks] == [[[1, 9]], [[1, 9]]]
+    assert all(max(c['max_abs_diff']) <= ATOL for c in checks)
 
 
 def test_checkpoint_that_does_not_fit(tmp_path):

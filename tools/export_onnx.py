@@ -5,8 +5,9 @@
         [--json FILE] [--cfg-options KEY=VALUE ...]
 
 ``--part model`` (default): an UperNet config gives the segmentor up to its logits (stride 4), a
-Mask R-CNN config the backbone + FPN (the RPN and RoI heads stay in PyTorch); ``--part backbone``:
-the ViT-Adapter backbone's four maps. Without CHECKPOINT the weights are random (enough to check
+Mask R-CNN config the backbone + FPN (the RPN and RoI heads stay in PyTorch), a pre-training
+(mmpretrain) config the classifier's logits; ``--part backbone``: the backbone alone (ViT-Adapter:
+its four maps). Without CHECKPOINT the weights are random (enough to check
 the export). The file is run with onnxruntime on the same seeded input as PyTorch; the largest
 absolute difference per output and both latencies (median of ``--repeats`` runs, same thread
 count) are printed. With ``--dynamic`` the height and width are free and the check runs at
@@ -35,7 +36,7 @@ def parse_args(argv=None):
     from mmengine.config import DictAction
     parser = argparse.ArgumentParser(description='Export a pe-dense model to ONNX and check it '
                                      'with onnxruntime')
-    parser.add_argument('config', help='mmdet or mmseg config file')
+    parser.add_argument('config', help='mmdet, mmseg or mmpretrain config file')
     parser.add_argument('checkpoint', nargs='?', help='trained checkpoint (default: random '
                         'weights)')
     parser.add_argument('--out', required=True, help='ONNX file to write')
@@ -74,8 +75,11 @@ def main(argv=None) -> int:
     if args.cfg_options:
         cfg.merge_from_dict(args.cfg_options)
     torch.manual_seed(0)
-    model = deploy.build_model(cfg, args.checkpoint)
-    module = deploy.export_module(model, args.part)
+    try:
+        model = deploy.build_model(cfg, args.checkpoint)
+        module = deploy.export_module(model, args.part)
+    except ValueError as e:  # a checkpoint that does not fit, a model without the part
+        raise SystemExit(f'error: {e}')
     images = [torch.randn(1, 3, h, w) for h, w in shapes]
 
     os.makedirs(osp.dirname(osp.abspath(args.out)), exist_ok=True)

@@ -152,13 +152,19 @@ class LearnedTable(PositionEncoding):
 
     def table(self, grid: Grid) -> Tensor:
         """The prefix slots, then the table resampled to ``grid``: ``(1, P + H*W, C)``."""
-        if tuple(grid) == self.pretrain_grid and not self.num_prefix_tokens:
+        if self._is_pretrain_grid(grid) and not self.num_prefix_tokens:
             return self.weight
         return self.cached('table', grid, self.table_params(), lambda: self._table(grid))
 
+    def _is_pretrain_grid(self, grid: Grid) -> bool:
+        """Whether ``grid`` is the table's own grid (no resampling needed). Always False while
+        ``torch.export`` traces: the comparison would fix the image size into the graph, so the
+        resampling is traced (at the table's own size it returns the table unchanged)."""
+        return not torch.compiler.is_exporting() and tuple(grid) == self.pretrain_grid
+
     def _table(self, grid: Grid) -> Tensor:
         table = self.weight
-        if tuple(grid) != self.pretrain_grid:
+        if not self._is_pretrain_grid(grid):
             table = resample_pos_embed(table, grid, self.pretrain_grid)
         if self.num_prefix_tokens:
             table = torch.cat([self.prefix_weight, table], dim=1)
