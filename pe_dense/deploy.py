@@ -194,8 +194,11 @@ def _check_sizes_stay_free(exported, image: Tensor) -> None:
     try:
         exported.module()(other)
     except Exception as e:  # the assertion's own error type varies across torch versions
-        raise RuntimeError(f'the traced graph only takes {tuple(image.shape[2:])} inputs, not '
-                           f'{tuple(other.shape[2:])}: {str(e)[:300]}') from e
+        raise RuntimeError(
+            f'the traced graph only takes {tuple(image.shape[2:])} inputs, not '
+            f'{tuple(other.shape[2:])}: {str(e)[:300]}. Export at a larger size: sizes of 1 (a '
+            'feature level or a row of attention windows) are fixed into the graph when traced.'
+        ) from e
 
 
 def _input_dims(path: str):

@@ -77,6 +77,18 @@ def test_dynamic_export_at_the_pretraining_size(tmp_path):
         assert max(diff for _, diff in result) <= ATOL, result
 
 
+def test_export_where_a_window_row_is_one_is_refused(tmp_path):
+    """At 64 pixels the mini detection backbone's 4x4 patch grid is one row of 4x4 windows:
+    tracing fixes that count of 1 into the graph (torch.export treats sizes of 1 as constants),
+    so the dynamic export is refused with a hint to export at a larger size."""
+    torch.manual_seed(0)
+    backbone = deploy.export_module(
+        deploy.build_model(mini_config('det', 'abs'), logger=lambda msg: None), 'backbone')
+    with pytest.raises(RuntimeError, match='Export at a larger size'):
+        deploy.export_onnx(backbone, torch.randn(1, 3, 64, 96), str(tmp_path / 'x.onnx'),
+                           dynamic=True)
+
+
 def test_size_fixed_by_tracing_is_an_error(tmp_path):
     """A model that compares a size derived from its input (the patch grid, W // 16) with the
     traced one cannot be exported with free sizes. torch.export does not refuse it (it only
@@ -102,7 +114,7 @@ def test_dynamic_graph_needs_multiples_of_32(tmp_path):
     path = str(tmp_path / 'backbone.onnx')
     with pytest.raises(ValueError, match='multiples of 32'):
         deploy.export_onnx(backbone, torch.randn(1, 3, 100, 128), path, dynamic=True)
-    deploy.export_onnx(backbone, torch.randn(1, 3, 64, 96), path, dynamic=True)
+    deploy.export_onnx(backbone, torch.randn(1, 3, 96, 128), path, dynamic=True)
     session = deploy.onnx_session(path)
     image = torch.randn(1, 3, 100, 130).numpy()
     with pytest.raises(Exception, match='broadcast'):

@@ -191,6 +191,8 @@ def run(task: str, config: str, checkpoint: str, out: str, num_images: int = 4,
     for path in img or ():
         if not osp.isfile(path):
             raise FileNotFoundError(f'image {path} does not exist')
+    if not osp.isfile(checkpoint):  # before the dataset is read: say what is missing first
+        raise FileNotFoundError(f'checkpoint {checkpoint} does not exist')
     gts = None if img else validation_samples(task, cfg, num_images)
     inferencer = build_inferencer(task, cfg, checkpoint, device)
     if task == 'seg':
