@@ -69,3 +69,21 @@ def perturbed(method, seed=0, **kwargs):
 def rel_diff(a, b):
     """max |a - b| / max |b| over a sequence of tensor pairs (the error relative to b's scale)."""
     return max(((x - y).abs().max() / y.abs().max()).item() for x, y in zip(a, b))
+
+
+def assert_close_to_scale(actual, expected, rel, floor=1e-6, msg=''):
+    """``max |actual - expected| <= rel * max(max |expected|, floor)``, per tensor pair.
+
+    The tolerance follows the magnitude of the values, so the check holds whatever the CPU's
+    kernels (AVX2 or AVX-512, the thread count) do to fp32 rounding, which grows with the values;
+    ``floor`` keeps it from shrinking to nothing for outputs near zero. A sequence of tensors is
+    checked pair by pair."""
+    if isinstance(actual, torch.Tensor):
+        actual, expected = [actual], [expected]
+    assert len(actual) == len(expected), (len(actual), len(expected))
+    for i, (a, e) in enumerate(zip(actual, expected)):
+        assert a.shape == e.shape, (msg, i, a.shape, e.shape)
+        scale = max(e.abs().max().item(), floor) if e.numel() else floor
+        diff = (a - e).abs().max().item() if e.numel() else 0.0
+        assert diff <= rel * scale, (
+            f'{msg} [{i}]: max|diff| {diff:.3g} > {rel:g} x scale {scale:.3g}')

@@ -8,7 +8,7 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import DETECTION, METHODS, SEGMENTATION, perturbed, rel_diff
+from helpers import DETECTION, METHODS, SEGMENTATION, assert_close_to_scale, perturbed, rel_diff
 from mmcv.ops.multi_scale_deform_attn import multi_scale_deformable_attn_pytorch
 from torch import nn
 from torch.overrides import TorchFunctionMode
@@ -23,10 +23,6 @@ def reference_copy(model):
     ref = copy.deepcopy(model)
     ref.fast_path = False
     return ref
-
-
-def max_diff(a, b):
-    return max((x - y).abs().max().item() for x, y in zip(a, b))
 
 
 def sampler_inputs(seed, shapes, b=2, q=9, m=3, d=4, p=3):
@@ -95,7 +91,9 @@ def test_fast_equals_reference_in_eval_mode(method):
         with torch.no_grad():
             fast_out, ref_out = model(img), ref(img)
             again = model(img)  # served from the per-grid cache
-        assert max_diff(fast_out, ref_out) <= 1e-4, (method, size)
+        # Outputs of scale 15-25; measured relative differences 4e-7 to 8e-7 with AVX-512 and
+        # AVX2 kernels, 1 and 2 threads.
+        assert_close_to_scale(fast_out, ref_out, rel=1e-5, msg=f'{method} {size}')
         assert all(torch.equal(a, b) for a, b in zip(fast_out, again))
 
 
@@ -110,7 +108,7 @@ def test_fast_equals_reference_in_train_mode_outputs_and_gradients(method):
         out = m(img)
         sum((o ** 2).mean() for o in out).backward()
         outs.append(out)
-    assert max_diff(*outs) <= 1e-4
+    assert_close_to_scale(*outs, rel=1e-5, msg=method)  # measured 8e-7 to 1.2e-6
     grads = [(n, p.grad, q.grad) for (n, p), q in zip(model.named_parameters(), ref.parameters())]
     assert all(g is not None for _, g, _ in grads)
     for name, got, want in grads:
