@@ -21,6 +21,9 @@ class PEG(PositionEncoding):
             first encoder block; inside ViT-Adapter that is after the first injector, so the first
             injector's query carries no position. -1 places the PEG on the patch tokens before the
             first injector instead.
+
+    The conv starts as in the released CPVT/Twins code: weights normal(0, sqrt(2 / fan_out)),
+    fan_out = 3 * 3 * out_channels / groups, bias 0.
     """
 
     def __init__(self, *, after_block: int = 0, **kwargs) -> None:
