@@ -4,6 +4,7 @@ import glob
 import os
 
 import pytest
+import torch
 from mmengine.config import Config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -91,7 +92,8 @@ def test_upernet_160k(path):
     assert aux.type == 'FCNHead' and aux.in_index == 2 and aux.channels == 256
     assert aux.loss_decode.loss_weight == 0.4 and aux.num_classes == 150
     opt = cfg.optim_wrapper
-    assert opt.type == 'AmpOptimWrapper' and opt.loss_scale == 512.0
+    # The published fp16 = dict(loss_scale=dict(init_scale=512)): dynamic, starting at 512.
+    assert opt.type == 'AmpOptimWrapper' and opt.loss_scale == dict(init_scale=512.0)
     assert opt.optimizer.type == 'AdamW' and opt.optimizer.lr == 12e-5
     assert opt.optimizer.betas == (0.9, 0.999) and opt.optimizer.weight_decay == 0.01
     assert opt.constructor == 'ViTAdapterLayerDecayOptimizerConstructor'
@@ -110,6 +112,14 @@ def test_upernet_160k(path):
     assert resize['scale'] == (2048, 512) and resize['ratio_range'] == (0.5, 2.0)
     assert find(pipe, 'PhotoMetricDistortion') and find(pipe, 'RandomFlip')
     assert cfg.model.test_cfg == dict(mode='slide', crop_size=(512, 512), stride=(341, 341))
+    # ViT-Adapter's test pipeline: ResizeToMultiple(32) right after the (2048, 512) resize.
+    for loader in (cfg.val_dataloader, cfg.test_dataloader):
+        assert loader.dataset.pipeline == [
+            dict(type='LoadImageFromFile'),
+            dict(type='Resize', scale=(2048, 512), keep_ratio=True),
+            dict(type='ResizeToMultiple', size_divisor=32),
+            dict(type='LoadAnnotations', reduce_zero_label=True),
+            dict(type='PackSegInputs')]
     assert cfg.model.data_preprocessor.size == (512, 512)
     assert cfg.train_dataloader.dataset.data_root == 'data/ade/ADEChallengeData2016'
 
@@ -126,3 +136,59 @@ def test_every_model_builds(pattern, scope):
         n = sum(p.numel() for p in model.backbone.parameters())
         assert type(model.backbone.pos_embed).__name__ == METHODS[method_of(path)]
         assert 7.9e6 < n < 8.0e6
+
+
+UPERNET_ABS = os.path.join(ROOT, 'configs', 'upernet',
+                           'upernet_vit-adapter-ti-abs_4xb2-160k_ade20k-512x512.py')
+
+
+@pytest.mark.parametrize('hw', [(375, 500), (480, 640), (300, 1500), (700, 333)])
+def test_ade20k_test_resize_gives_multiples_of_32(hw):
+    """The test pipeline's two resizes, run by mmseg: the short side to 512 unless the long side
+    would pass 2048 (keep ratio, sides rounded), then each side rounded up to a multiple of 32."""
+    import math
+
+    import numpy as np
+    from mmcv.transforms import Compose
+    from mmseg.registry import TRANSFORMS
+    from mmseg.utils import register_all_modules
+    register_all_modules(init_default_scope=False)
+    cfg = Config.fromfile(UPERNET_ABS)
+    resizes = [t for t in cfg.test_dataloader.dataset.pipeline if 'Resize' in t['type']]
+    pipeline = Compose([TRANSFORMS.build(t) for t in resizes])
+    h, w = hw
+    out = pipeline(dict(img=np.zeros((h, w, 3), np.uint8), img_shape=(h, w), ori_shape=(h, w)))
+    scale = min(2048 / max(h, w), 512 / min(h, w))
+    resized = [int(side * scale + 0.5) for side in (h, w)]
+    want = tuple(math.ceil(side / 32) * 32 for side in resized)
+    assert out['img'].shape[:2] == want and out['img_shape'] == want
+    assert out['ori_shape'] == (h, w)
+    assert want != tuple(resized) or hw == (300, 1500)  # the second resize acts
+
+
+def test_fp16_loss_scale_is_dynamic_from_512(monkeypatch):
+    """mmengine's AmpOptimWrapper built from the config (its CUDA scaler swapped for torch's CPU
+    one, same arguments): the scale starts at 512 and halves after an overflowing step, which is
+    skipped; the earlier static loss_scale=512.0 stays at 512."""
+    from mmengine.optim import build_optim_wrapper
+    from mmengine.optim.optimizer import amp_optimizer_wrapper
+    monkeypatch.setattr(amp_optimizer_wrapper, 'is_cuda_available', lambda: True)
+    built = []
+
+    def cpu_scaler(**kwargs):
+        built.append(kwargs)
+        return torch.amp.GradScaler('cpu', **kwargs)
+    monkeypatch.setattr(amp_optimizer_wrapper, 'GradScaler', cpu_scaler)
+    published = Config.fromfile(UPERNET_ABS).optim_wrapper.to_dict()
+    for loss_scale, after in ((published['loss_scale'], 256.0), (512.0, 512.0)):
+        cfg = dict(type='AmpOptimWrapper', loss_scale=loss_scale,
+                   optimizer=dict(type='SGD', lr=0.1))
+        param = torch.nn.Parameter(torch.ones(2))
+        wrapper = build_optim_wrapper(torch.nn.ParameterList([param]), cfg)
+        assert built[-1] == dict(init_scale=512.0)
+        assert wrapper.loss_scaler.get_scale() == 512.0
+        wrapper.update_params(param.sum() * float('inf'))
+        assert wrapper.loss_scaler.get_scale() == after, loss_scale
+        assert torch.equal(param.detach(), torch.ones(2))  # the overflowing step was skipped
+        wrapper.update_params(param.sum())
+        assert torch.allclose(param.detach(), torch.full((2,), 0.9))

@@ -1,5 +1,7 @@
-"""The layer-wise lr decay optimizer constructor: registries, per-parameter lr and weight decay,
-grouping, one AdamW step, AMP wrapper, frozen parameters and config errors."""
+"""The layer-wise lr decay optimizer constructor: registries, the published rule's (lr scale,
+weight decay) of every parameter for every method against a written-out table, the 'exempt'
+option, grouping, one AdamW step, AMP wrapper, frozen parameters, num_layers against the
+backbone's depth and config errors."""
 import copy
 import logging
 
@@ -17,17 +19,19 @@ import pe_dense  # noqa: F401  (registers the constructor)
 from pe_dense.engine import ViTAdapterLayerDecayOptimizerConstructor, get_layer_id
 from pe_dense.models import ViTAdapter
 
-LR, WD, RATE, DEPTH = 1e-4, 0.05, 0.95, 12
+# The ADE20K 160k settings of ViT-Adapter.
+LR, WD, RATE, DEPTH = 12e-5, 0.01, 0.95, 12
 NAME = 'ViTAdapterLayerDecayOptimizerConstructor'
+METHODS = ('AbsolutePE', 'NoPE', 'PEG', 'LaPE', 'PVG', 'MPVG')
 
 
 class Segmentor(nn.Module):
     """The smallest whole model: a Tiny ViT-Adapter and a 1x1 conv as decode head."""
 
-    def __init__(self, method: str):
+    def __init__(self, method: str, **backbone):
         super().__init__()
         torch.manual_seed(0)
-        self.backbone = ViTAdapter(pos_embed=dict(type=method), drop_path_rate=0.0)
+        self.backbone = ViTAdapter(pos_embed=dict(type=method), drop_path_rate=0.0, **backbone)
         self.decode_head = nn.Conv2d(192, 4, 1)
 
 
@@ -51,17 +55,81 @@ def build(model: nn.Module, scope: str, cfg: dict):
         return build_optim_wrapper(model, cfg)
 
 
-def expected(name: str, param: torch.Tensor):
-    """(lr, weight decay) of a parameter by the published rules, spelled out independently."""
-    if name.startswith(('backbone.patch_embed.', 'backbone.pos_embed')):
-        lr = LR * RATE ** 13
+# ---------------------------------------------------------------------------------------------
+# The published rule, written out. ViT-Adapter's constructor: id 0 for `backbone.pos_embed`,
+# `backbone.cls_token` and `backbone.patch_embed.*`, i + 1 for `backbone.blocks.{i}.*`, 13 for
+# the rest; scale 0.95^(13 - id); no decay iff 1-D or the name ends in `.bias` (its bare-name test
+# never matches a `backbone.`-prefixed name). Every PE parameter, by method, under the names the
+# published code gives it (the table is `backbone.pos_embed`; LaPE's chain norms are
+# `blocks.{l}.pe_norm`, PVG/MPVG take that layout; PEG's conv and MPVG's Last LN pair keep their
+# names and so fall into "the rest").
+
+def chain(first):
+    """(scale, weight decay) of the PE LayerNorms of blocks first..11: block l's scale, no decay."""
+    return {f'backbone.pos_embed.norms.{block}.{leaf}': (RATE ** (12 - block), 0.0)
+            for block in range(first, 12) for leaf in ('weight', 'bias')}
+
+
+TABLE = {'backbone.pos_embed.weight': (RATE ** 13, WD)}
+PUBLISHED_PE = {
+    'AbsolutePE': dict(TABLE),
+    'NoPE': {},
+    'PEG': {'backbone.pos_embed.proj.weight': (1.0, WD),
+            'backbone.pos_embed.proj.bias': (1.0, 0.0)},
+    'LaPE': {**TABLE, **chain(0)},
+    'PVG': {**TABLE, **chain(1)},
+    'MPVG': {**TABLE, **chain(1),
+             'backbone.pos_embed.last_norm.weight': (1.0, 0.0),
+             'backbone.pos_embed.last_norm.bias': (1.0, 0.0),
+             'backbone.pos_embed.last_pe_norm.weight': (1.0, 0.0),
+             'backbone.pos_embed.last_pe_norm.bias': (1.0, 0.0)},
+}
+# Parameters every method has, (scale, weight decay) by the same rule.
+COMMON = {
+    'backbone.patch_embed.proj.weight': (RATE ** 13, WD),
+    'backbone.patch_embed.proj.bias': (RATE ** 13, 0.0),
+    'backbone.level_embed': (1.0, WD),  # 2-D: decayed in the published runs
+    'backbone.blocks.0.norm1.weight': (RATE ** 12, 0.0),
+    'backbone.blocks.0.attn.qkv.weight': (RATE ** 12, WD),
+    'backbone.blocks.0.attn.qkv.bias': (RATE ** 12, 0.0),
+    'backbone.blocks.0.gamma1': (RATE ** 12, 0.0),
+    'backbone.blocks.5.attn.proj.weight': (RATE ** 7, WD),
+    'backbone.blocks.11.mlp.fc1.weight': (RATE ** 1, WD),
+    'backbone.blocks.11.gamma2': (RATE ** 1, 0.0),
+    'backbone.spm.stem.0.weight': (1.0, WD),
+    'backbone.spm.stem.1.weight': (1.0, 0.0),
+    'backbone.spm.fc4.bias': (1.0, 0.0),
+    'backbone.interactions.0.injector.gamma': (1.0, 0.0),
+    'backbone.interactions.0.injector.attn.sampling_offsets.weight': (1.0, WD),
+    'backbone.interactions.3.extra_extractors.1.ffn.dwconv.dwconv.weight': (1.0, WD),
+    'backbone.up.weight': (1.0, WD),
+    'backbone.norm4.bias': (1.0, 0.0),
+    'decode_head.weight': (1.0, WD),
+    'decode_head.bias': (1.0, 0.0),
+}
+
+
+def published(name, ndim):
+    """(scale, weight decay) of any parameter by the published rule, with the PE names mapped to
+    the published ones by the table above."""
+    if name.startswith('backbone.pos_embed'):
+        return None  # every PE parameter is in PUBLISHED_PE
+    if name.startswith('backbone.patch_embed.'):
+        layer = 0
     elif name.startswith('backbone.blocks.'):
-        lr = LR * RATE ** (DEPTH - int(name.split('.')[2]))
+        layer = int(name.split('.')[2]) + 1
     else:
-        lr = LR
-    no_decay = (param.ndim == 1 or name.endswith('.bias') or name == 'backbone.level_embed'
-                or name.startswith('backbone.pos_embed'))
-    return lr, 0.0 if no_decay else WD
+        layer = 13
+    return RATE ** (13 - layer), 0.0 if ndim == 1 or name.endswith('.bias') else WD
+
+
+def exempt(name, ndim):
+    """(scale, weight decay) by pe-dense's exemption: every PE parameter at id 0 without decay,
+    level_embed without decay."""
+    if name.startswith('backbone.pos_embed'):
+        return RATE ** 13, 0.0
+    scale, wd = published(name, ndim)
+    return scale, 0.0 if name == 'backbone.level_embed' else wd
 
 
 def group_of(wrapper, name: str) -> dict:
@@ -71,9 +139,25 @@ def group_of(wrapper, name: str) -> dict:
     return groups[0]
 
 
-@pytest.fixture(scope='module', params=['PEG', 'MPVG'])
-def model(request):
-    return Segmentor(request.param)
+def check_every_parameter(wrapper, model, want):
+    """Each param group's params match its names, and each parameter has the (lr, wd) of
+    ``want(name, param)``; returns the number of parameters checked."""
+    params = dict(model.named_parameters())
+    seen = 0
+    for group in wrapper.optimizer.param_groups:
+        assert len(group['params']) == len(group['param_names'])
+        for name, param in zip(group['param_names'], group['params']):
+            assert param is params[name]
+            scale, wd = want(name, param)
+            assert group['lr'] == pytest.approx(LR * scale, rel=1e-12), name
+            assert group['weight_decay'] == wd, name
+            seen += 1
+    return seen
+
+
+@pytest.fixture(scope='module', params=METHODS)
+def method_model(request):
+    return request.param, Segmentor(request.param)
 
 
 def test_registered_in_root_and_visible_from_mmdet_and_mmseg():
@@ -84,8 +168,14 @@ def test_registered_in_root_and_visible_from_mmdet_and_mmseg():
 
 def test_layer_ids():
     assert get_layer_id('backbone.patch_embed.proj.weight', 12) == 0
-    assert get_layer_id('backbone.pos_embed', 12) == 0
-    assert get_layer_id('backbone.pos_embed.last_norm.bias', 12) == 0
+    assert get_layer_id('backbone.pos_embed.weight', 12) == 0
+    assert get_layer_id('backbone.cls_token', 12) == 0
+    assert get_layer_id('backbone.pos_embed.norms.0.weight', 12) == 1
+    assert get_layer_id('backbone.pos_embed.norms.11.bias', 12) == 12
+    assert get_layer_id('backbone.pos_embed.last_norm.bias', 12) == 13
+    assert get_layer_id('backbone.pos_embed.proj.weight', 12) == 13
+    assert get_layer_id('backbone.pos_embed.last_norm.bias', 12, 'exempt') == 0
+    assert get_layer_id('backbone.pos_embed.norms.11.bias', 12, 'exempt') == 0
     assert get_layer_id('backbone.blocks.0.attn.qkv.weight', 12) == 1
     assert get_layer_id('backbone.blocks.11.gamma2', 12) == 12
     assert get_layer_id('backbone.level_embed', 12) == 13
@@ -93,52 +183,41 @@ def test_layer_ids():
     assert get_layer_id('decode_head.conv_seg.weight', 12) == 13
     with pytest.raises(ValueError, match='block 12.*num_layers is 12'):
         get_layer_id('backbone.blocks.12.mlp.fc1.weight', 12)
+    with pytest.raises(ValueError, match='block 12.*num_layers is 12'):
+        get_layer_id('backbone.pos_embed.norms.12.weight', 12)
 
 
 @pytest.mark.parametrize('scope', ['mmdet', 'mmseg'])
-def test_lrs_and_weight_decays(model, scope):
+def test_published_rule_for_every_method_against_the_written_out_table(method_model, scope):
+    method, model = method_model
     wrapper = build(model, scope, optim_cfg())
-    lrs = {
-        'backbone.blocks.0.attn.qkv.weight': LR * 0.95 ** 12,
-        'backbone.blocks.11.mlp.fc1.weight': LR * 0.95 ** 1,
-        'backbone.patch_embed.proj.weight': LR * 0.95 ** 13,
-        'backbone.spm.stem.0.weight': LR,
-        'decode_head.weight': LR,
-    }
-    wds = {
-        'backbone.level_embed': 0.0,
-        'backbone.blocks.3.norm1.weight': 0.0,
-        'backbone.blocks.3.attn.qkv.bias': 0.0,
-        'backbone.blocks.3.gamma1': 0.0,
-        'backbone.blocks.3.attn.qkv.weight': 0.05,
-        'backbone.spm.stem.0.weight': 0.05,
-        'decode_head.weight': 0.05,
-    }
     params = dict(model.named_parameters())
-    if 'backbone.pos_embed.proj.weight' in params:  # PEG: a 4-D conv weight, still no decay
-        assert params['backbone.pos_embed.proj.weight'].ndim == 4
-        pos_names = ['backbone.pos_embed.proj.weight', 'backbone.pos_embed.proj.bias']
-    else:  # MPVG: the table and its Last LNs
-        assert params['backbone.pos_embed.weight'].ndim == 3
-        pos_names = ['backbone.pos_embed.weight', 'backbone.pos_embed.last_norm.weight',
-                     'backbone.pos_embed.last_pe_norm.weight']
-    for name in pos_names:
-        lrs[name], wds[name] = LR * 0.95 ** 13, 0.0
-    for name, lr in lrs.items():
-        assert group_of(wrapper, name)['lr'] == pytest.approx(lr, rel=1e-12), name
-    for name, wd in wds.items():
-        assert group_of(wrapper, name)['weight_decay'] == wd, name
-    # Every parameter: the rules, and the group's params match its names.
-    for group in wrapper.optimizer.param_groups:
-        assert len(group['params']) == len(group['param_names'])
-        for name, param in zip(group['param_names'], group['params']):
-            assert param is params[name]
-            lr, wd = expected(name, param)
-            assert group['lr'] == pytest.approx(lr, rel=1e-12), name
-            assert group['weight_decay'] == wd, name
+    pe_names = {n for n in params if n.startswith('backbone.pos_embed')}
+    assert pe_names == set(PUBLISHED_PE[method])  # the table lists every PE parameter
+    for name, (scale, wd) in {**COMMON, **PUBLISHED_PE[method]}.items():
+        group = group_of(wrapper, name)
+        assert group['lr'] == pytest.approx(LR * scale, rel=1e-12), name
+        assert group['weight_decay'] == wd, name
+
+    def want(name, param):
+        return PUBLISHED_PE[method].get(name) or published(name, param.ndim)
+    assert check_every_parameter(wrapper, model, want) == len(params)
 
 
-def test_every_trainable_parameter_in_exactly_one_of_few_groups(model):
+def test_exempt_option_keeps_the_earlier_rule(method_model):
+    method, model = method_model
+    wrapper = build(model, 'mmseg', optim_cfg(num_layers=DEPTH, layer_decay_rate=RATE,
+                                              pos_embed_rule='exempt'))
+    assert group_of(wrapper, 'backbone.level_embed')['weight_decay'] == 0.0
+    for name in PUBLISHED_PE[method]:
+        group = group_of(wrapper, name)
+        assert (group['layer_id'], group['weight_decay']) == (0, 0.0), name
+    assert check_every_parameter(wrapper, model, lambda n, p: exempt(n, p.ndim)) == len(
+        list(model.parameters()))
+
+
+def test_every_trainable_parameter_in_exactly_one_of_few_groups():
+    model = Segmentor('MPVG')
     wrapper = build(model, 'mmseg', optim_cfg())
     groups = wrapper.optimizer.param_groups
     names = [n for g in groups for n in g['param_names']]
@@ -151,13 +230,49 @@ def test_every_trainable_parameter_in_exactly_one_of_few_groups(model):
         (k, wd) for k in range(DEPTH + 2) for wd in (0.0, WD)}
 
 
-def test_one_step_matches_adamw_with_the_expected_lrs(model):
-    model = copy.deepcopy(model)
+@pytest.mark.parametrize('num_layers', [24, 6, 11, 13])
+def test_num_layers_must_equal_the_backbone_depth(num_layers):
+    with pytest.raises(ValueError, match=f'num_layers is {num_layers}, but the backbone has 12 '
+                                         r'ViT blocks.*num_layers=12'):
+        build(Segmentor('AbsolutePE'), 'mmseg', optim_cfg(num_layers=num_layers,
+                                                          layer_decay_rate=RATE))
+
+
+def test_num_layers_of_a_shallow_backbone():
+    model = Segmentor('LaPE', depth=4, interaction_indexes=[[0, 0], [1, 1], [2, 2], [3, 3]])
+    with pytest.raises(ValueError, match='num_layers is 12, but the backbone has 4 ViT blocks'):
+        build(model, 'mmseg', optim_cfg())
+    wrapper = build(model, 'mmseg', optim_cfg(num_layers=4, layer_decay_rate=RATE))
+    # 4 blocks: scale 0.95^(5 - id); block 0 and LaPE's norm of block 0 at id 1.
+    for name, scale in (('backbone.patch_embed.proj.weight', RATE ** 5),
+                        ('backbone.blocks.0.attn.qkv.weight', RATE ** 4),
+                        ('backbone.pos_embed.norms.0.weight', RATE ** 4),
+                        ('backbone.pos_embed.norms.3.weight', RATE ** 1),
+                        ('backbone.blocks.3.mlp.fc2.weight', RATE ** 1),
+                        ('decode_head.weight', 1.0)):
+        assert group_of(wrapper, name)['lr'] == pytest.approx(LR * scale, rel=1e-12), name
+
+
+def test_frozen_blocks_still_count_towards_the_depth():
+    model = Segmentor('PEG')
+    model.backbone.blocks[11].requires_grad_(False)
+    wrapper = build(model, 'mmseg', optim_cfg())
+    assert group_of(wrapper, 'backbone.blocks.10.attn.qkv.weight')['lr'] == pytest.approx(
+        LR * RATE ** 2, rel=1e-12)
+    with pytest.raises(ValueError, match='no backbone.blocks'):
+        build(nn.Sequential(nn.Linear(2, 2)), 'mmseg', optim_cfg())
+
+
+def test_one_step_matches_adamw_with_the_expected_lrs():
+    model = Segmentor('MPVG')
     reference = copy.deepcopy(model)
     wrapper = build(model, 'mmdet', optim_cfg())
+
+    def want(name, p):
+        scale, wd = PUBLISHED_PE['MPVG'].get(name) or published(name, p.ndim)
+        return LR * scale, wd
     ref_groups = [dict(params=[p], lr=lr, weight_decay=wd)
-                  for name, p in reference.named_parameters()
-                  for lr, wd in [expected(name, p)]]
+                  for name, p in reference.named_parameters() for lr, wd in [want(name, p)]]
     ref_optim = torch.optim.AdamW(ref_groups, lr=LR, betas=(0.9, 0.999), weight_decay=WD)
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     g = torch.Generator().manual_seed(0)
@@ -173,6 +288,7 @@ def test_one_step_matches_adamw_with_the_expected_lrs(model):
     moved = {n: (p - before[n]).abs().max().item() for n, p in model.named_parameters()}
     assert moved['backbone.blocks.0.attn.qkv.weight'] == pytest.approx(LR * 0.95 ** 12, rel=1e-2)
     assert moved['backbone.patch_embed.proj.weight'] == pytest.approx(LR * 0.95 ** 13, rel=1e-2)
+    assert moved['backbone.pos_embed.norms.1.weight'] == pytest.approx(LR * 0.95 ** 11, rel=1e-2)
     assert moved['decode_head.weight'] == pytest.approx(LR, rel=1e-2)
     # Resuming: a fresh wrapper takes the state dict, groups and names included.
     resumed = build(model, 'mmdet', optim_cfg())
@@ -193,7 +309,7 @@ def test_amp_optim_wrapper(monkeypatch):
     assert isinstance(wrapper, amp_optimizer_wrapper.AmpOptimWrapper)
     assert group_of(wrapper, 'backbone.blocks.5.attn.proj.weight')['lr'] == pytest.approx(
         LR * 0.95 ** 7, rel=1e-12)
-    assert group_of(wrapper, 'backbone.pos_embed.proj.weight')['weight_decay'] == 0.0
+    assert group_of(wrapper, 'backbone.pos_embed.proj.weight')['weight_decay'] == WD
 
 
 def test_frozen_parameters_are_left_out():
@@ -225,10 +341,11 @@ def test_summary_is_logged():
         build(Segmentor('PEG'), 'mmseg', optim_cfg())
     finally:
         logger.removeHandler(handler)
-    assert sum('28 param groups' in line for line in handler.lines) == 1
+    assert sum('28 param groups' in line and 'pos_embed_rule=published' in line
+               for line in handler.lines) == 1
     group_lines = [line for line in handler.lines if line.lstrip().startswith('layer ')]
     assert len(group_lines) == 28
-    assert 'layer  0:   1 params, lr=5.133e-05' in group_lines[1]  # patch_embed.proj.weight
+    assert 'layer  0:   1 params, lr=6.16e-05' in group_lines[1]  # patch_embed.proj.weight
 
 
 @pytest.mark.parametrize('paramwise, match', [
@@ -237,6 +354,8 @@ def test_summary_is_logged():
     (dict(num_layers=12, layer_decay_rate=0.95, decay_type='layer_wise'), 'decay_type'),
     (dict(num_layers=0, layer_decay_rate=0.95), 'num_layers must be a positive int'),
     (dict(num_layers=12, layer_decay_rate=1.5), r'layer_decay_rate must be in \(0, 1\]'),
+    (dict(num_layers=12, layer_decay_rate=0.95, pos_embed_rule='none'),
+     r"pos_embed_rule must be one of \('published', 'exempt'\)"),
 ])
 def test_bad_paramwise_cfg_is_a_clear_error(paramwise, match):
     with pytest.raises(ValueError, match=match):

@@ -300,3 +300,108 @@ def test_adapter_wiring_matches_a_written_out_computation(fast_path):
         want = want + conv_ffn_by_hand(ext.ffn, ln(want, ext.ffn_norm), levels)
         torch.testing.assert_close(out, want, rtol=1e-9, atol=1e-9)
 
+
+
+# ----------------------------------------------------------------------------------------------
+# The output assembly against a written-out computation (patch size 16; 64 x 128 image: ViT grid
+# 4 x 8, c1 16 x 32, adapter levels 8 x 16, 4 x 8, 2 x 4; float64; BN statistics randomised).
+
+def resize_matrix(n_in, n_out, dtype):
+    """(n_out, n_in): bilinear interpolation along one axis with half-pixel centres and no
+    anti-aliasing: output cell i reads source coordinate (i + 0.5) * n_in / n_out - 0.5, clamped
+    at 0, between its floor and the next cell (the last cell repeated past the edge)."""
+    m = torch.zeros(n_out, n_in, dtype=dtype)
+    for i in range(n_out):
+        src = max((i + 0.5) * n_in / n_out - 0.5, 0.0)
+        lo = min(int(math.floor(src)), n_in - 1)
+        hi = min(lo + 1, n_in - 1)
+        m[i, lo] += 1 - (src - lo)
+        m[i, hi] += src - lo
+    return m
+
+
+def resize_by_hand(fmap, size):
+    """(B, C, h, w) -> (B, C, *size), bilinear as above along each axis."""
+    rows = resize_matrix(fmap.shape[-2], size[0], fmap.dtype)
+    cols = resize_matrix(fmap.shape[-1], size[1], fmap.dtype)
+    return torch.einsum('ih,bchw,jw->bcij', rows, fmap, cols)
+
+
+def conv_transpose_2x2_by_hand(x, conv):
+    """ConvTranspose2d(kernel 2, stride 2): input cell (i, j) writes the 2 x 2 block at
+    (2i + a, 2j + q) with weight[:, :, a, q]; weight (C_in, C_out, 2, 2)."""
+    b, _, h, w = x.shape
+    y = torch.einsum('bcij,coaq->boiajq', x, conv.weight)
+    return y.reshape(b, -1, 2 * h, 2 * w) + conv.bias.view(1, -1, 1, 1)
+
+
+def batch_norm_by_hand(x, bn):
+    """Eval-mode BatchNorm: (x - running_mean) / sqrt(running_var + eps) * weight + bias."""
+    def per_channel(t):
+        return t.view(1, -1, 1, 1)
+    return ((x - per_channel(bn.running_mean)) / torch.sqrt(per_channel(bn.running_var) + bn.eps)
+            * per_channel(bn.weight) + per_channel(bn.bias))
+
+
+ASSEMBLY_CASES = [('AbsolutePE', 'last', {}), ('AbsolutePE', 'per_interaction', {}),
+                  ('AbsolutePE', 'none', {}), ('MPVG', 'last', dict(last_norm_at='output')),
+                  ('MPVG', 'per_interaction', dict(last_norm_at='output'))]
+
+
+@pytest.mark.parametrize('method,vit_feature,options', ASSEMBLY_CASES)
+def test_output_assembly_matches_a_written_out_computation(method, vit_feature, options):
+    """c2, c3, c4 split from the final adapter tokens in stride order; c1 = the spatial prior
+    module's c1 + ConvTranspose(c2); the ViT tokens as a 4 x 8 map resized x4, x2, x1, x0.5 and
+    added to c1..c4 (the final tokens to all four for 'last', the tokens after interaction i to
+    output i for 'per_interaction', none for 'none'); then norm1..norm4."""
+    model = randomize(small_backbone(dict(type=method, **options), vit_feature=vit_feature))
+    model = model.double()
+    rec = {}
+    capture_io(model.spm, rec, 'spm')
+    for i, interaction in enumerate(model.interactions):
+        capture_io(interaction, rec, i)
+    img = torch.randn(2, 3, 64, 128, dtype=torch.float64)
+    with torch.no_grad():
+        outs = model(img)
+    grid, levels = (4, 8), [(8, 16), (4, 8), (2, 4)]
+    sizes = [(16, 32), (8, 16), (4, 8), (2, 4)]
+
+    with torch.no_grad():
+        _, (c1, *_) = rec['spm']
+        _, (_, c) = rec[3]
+        tokens = [rec[i][1][0] for i in range(4)]  # ViT tokens after each interaction
+        if method == 'MPVG':  # the Last LN on the tokens after the last interaction
+            pe = model.pos_embed
+            table = pe.weight.reshape(1, 14, 14, 192).permute(0, 3, 1, 2)
+            table = F.interpolate(table, size=grid, mode='bicubic', align_corners=False)
+            table = table.flatten(2).transpose(1, 2)
+            tokens[3] = ln(tokens[3], pe.last_norm) + ln(table, pe.last_pe_norm)
+        # The tokens of different interactions differ by far more than the tolerance.
+        assert (tokens[3] - tokens[0]).abs().max() > 0.5 * tokens[3].abs().max()
+        start, maps = 0, []
+        for h, w in levels:
+            maps.append(c[:, start:start + h * w].transpose(1, 2).reshape(2, 192, h, w))
+            start += h * w
+        assert start == c.shape[1]
+        maps.insert(0, c1 + conv_transpose_2x2_by_hand(maps[0], model.up))
+        if vit_feature != 'none':
+            chosen = tokens[3:] * 4 if vit_feature == 'last' else tokens
+            for i, (t, size) in enumerate(zip(chosen, sizes)):
+                fmap = t.transpose(1, 2).reshape(2, 192, *grid)
+                maps[i] = maps[i] + resize_by_hand(fmap, size)
+        want = [batch_norm_by_hand(m, getattr(model, f'norm{i + 1}')) for i, m in enumerate(maps)]
+    assert [tuple(o.shape) for o in outs] == [(2, 192, *s) for s in sizes]
+    # timm resamples the PE table in float32, so MPVG's outputs carry float32 rounding.
+    tol = 1e-5 if method == 'MPVG' else 1e-9
+    for i, (out, ref) in enumerate(zip(outs, want)):
+        scale = ref.abs().max().item()
+        torch.testing.assert_close(out, ref, rtol=tol, atol=tol * scale, msg=f'output {i}')
+
+
+def test_resize_by_hand_is_bilinear_on_known_answers():
+    """The helper above on values worked out by hand: x2 along a row [0, 4] gives
+    [0, 1, 3, 4] (edges clamped), x0.5 of [0, 2, 4, 6] gives the pair means [1, 5]."""
+    row = torch.tensor([[[[0.0, 4.0]]]], dtype=torch.float64)
+    assert resize_by_hand(row, (1, 4)).flatten().tolist() == [0.0, 1.0, 3.0, 4.0]
+    row = torch.tensor([[[[0.0, 2.0, 4.0, 6.0]]]], dtype=torch.float64)
+    assert resize_by_hand(row, (1, 2)).flatten().tolist() == [1.0, 5.0]

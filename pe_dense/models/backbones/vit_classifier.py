@@ -173,8 +173,10 @@ class PEViT(BaseModule):
         apply_fast_path(self, self._fast_path)
 
     def _init_default_weights(self) -> None:
-        """timm's ViT initialisation: linear weights truncated normal (std 0.02) with zero bias,
-        LayerNorms 1 / 0, the class token normal (std 1e-6); the PE initialises itself."""
+        """DeiT's initialisation (timm 0.3.2's ViT, which DeiT and LaPE train with): linear
+        weights truncated normal (std 0.02) with zero bias, LayerNorms 1 / 0, the class token
+        truncated normal (std 0.02; later timm releases use normal(std 1e-6)); the PE
+        initialises itself."""
         for m in self.modules():
             if isinstance(m, nn.Linear):
                 nn.init.trunc_normal_(m.weight, std=0.02)
@@ -184,7 +186,7 @@ class PEViT(BaseModule):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
         if self.cls_token is not None:
-            nn.init.normal_(self.cls_token, std=1e-6)
+            nn.init.trunc_normal_(self.cls_token, std=0.02)
 
     def init_weights(self) -> None:
         """``init_cfg=dict(type='Pretrained', checkpoint=...)`` goes through pe-dense's loader

@@ -1,6 +1,7 @@
 """CPVT's positional encoding generator (PEG): a depth-wise 3x3 convolution of the token map,
 added back to the tokens, after one block; no absolute table. Prefix tokens (a class token) are not
 part of the map and pass through unchanged."""
+import math
 from typing import Dict
 
 import torch
@@ -20,6 +21,9 @@ class PEG(PositionEncoding):
             first encoder block; inside ViT-Adapter that is after the first injector, so the first
             injector's query carries no position. -1 places the PEG on the patch tokens before the
             first injector instead.
+
+    The conv starts as in the released CPVT/Twins code: weights normal(0, sqrt(2 / fan_out)),
+    fan_out = 3 * 3 * out_channels / groups, bias 0.
     """
 
     def __init__(self, *, after_block: int = 0, **kwargs) -> None:
@@ -29,6 +33,16 @@ class PEG(PositionEncoding):
                              f'index in [0, {self.depth - 1}], got {after_block}')
         self.after_block_index = after_block
         self.proj = nn.Conv2d(self.embed_dim, self.embed_dim, 3, padding=1, groups=self.embed_dim)
+        self._init_proj()
+
+    def _init_proj(self) -> None:
+        """The released CPVT/Twins initialisation of the PEG conv (Twins' ``_init_weights``):
+        weight ~ normal(0, sqrt(2 / fan_out)) with fan_out = 3 * 3 * out_channels / groups
+        (9 for the depth-wise conv, std 0.471), bias 0."""
+        conv = self.proj
+        fan_out = conv.kernel_size[0] * conv.kernel_size[1] * conv.out_channels // conv.groups
+        nn.init.normal_(conv.weight, 0.0, math.sqrt(2.0 / fan_out))
+        nn.init.zeros_(conv.bias)
 
     def _generate(self, x: Tensor, grid: Grid) -> Tensor:
         """``(B, P + N, C)`` -> the same, with the PEG added to the N patch tokens."""
