@@ -23,7 +23,9 @@ setup(
         'mmdet==3.3.0',
         'mmsegmentation==1.2.2',
         'mmpretrain==1.2.0',
-        'timm>=0.9',
+        # 1.0.29: resample_abs_pos_embed resamples a non-square table to a square grid with the
+        # same token count (earlier releases returned it unchanged when old_size was given).
+        'timm>=1.0.29',
         'pycocotools',
         # mmseg imports these without declaring them.
         'ftfy',
