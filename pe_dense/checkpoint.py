@@ -319,8 +319,11 @@ def check_backbone_state(backbone: nn.Module, source_keys: Iterable[str],
     if missing or unplaced:
         text = [f'{source}: recognised layout: {recognise_layout(source_keys)}.']
         if missing:
-            text.append(f'{len(missing)} weights of {name} would stay at their initialisation: '
-                        f'{summarize_keys(missing)}.')
+            idx = sorted({int(m.group(1)) for m in (re.match(r'blocks\.(\d+)\.', k)
+                                                    for k in missing) if m})
+            where = f' (blocks {", ".join(map(str, idx))})' if idx else ''
+            text.append(f'{len(missing)} weights of {name} would stay at their initialisation'
+                        f'{where}: {summarize_keys(missing)}.')
         if unplaced:
             text.append(f'{len(unplaced)} tensors have no place in this {name} '
                         f'({type(backbone.pos_embed).__name__}): {summarize_keys(unplaced)}.')
@@ -365,8 +368,9 @@ def _nothing_for_the_backbone(module: nn.Module, prefix: str, unexpected: List[s
             f'or on the command line: --cfg-options {where}.init_cfg.type=Pretrained '
             f'{where}.init_cfg.checkpoint={path or "PATH"} load_from=None')
     return (f'{name} at {prefix!r} gets no weights from this state dict'
-            f'{f" ({path})" if path else ""}: nothing in it starts with {prefix!r} (its top-level '
-            f'keys: {summarize_keys(top)}), so every ViT block would stay at its initialisation. '
+            f'{f" ({path})" if path else ""}: nothing in it starts with {prefix!r} (keys outside '
+            f'the model: {summarize_keys(top)}), so every ViT block would stay at its '
+            'initialisation. '
             'Load a checkpoint of this model, or start the backbone from an ImageNet ViT file with '
             f"{where}.init_cfg = dict(type='Pretrained', checkpoint=PATH)")
 
