@@ -13,9 +13,10 @@ mmseg's data preprocessors do with ``size_divisor=32``); for an ``H x W`` input 
 ``(B, C, ceil(H/32)*32/s, ceil(W/32)*32/s)`` for s = 4, 8, 16, 32, and cover that padded image.
 
 Any patch size p works (e.g. 14 for DINOv2-style ViTs, 8, 32): the ViT tokens form a
-``floor(H'/p) x floor(W'/p)`` map (H', W' the padded size), which is resized (bilinear) to each
-output's own size; for p = 16 these sizes are 4x, 2x, 1x and 0.5x the token map, the published
-ViT-Adapter's fixed factors, so patch-16 outputs are unchanged.
+``ceil(H'/p) x ceil(W'/p)`` map (H', W' the padded size; for a p that does not divide 32 the
+patch embedding sees the image zero-padded further to a multiple of p), which is resized
+(bilinear) to each output's own size; for p = 16 these sizes are 4x, 2x, 1x and 0.5x the token
+map, the published ViT-Adapter's fixed factors, so patch-16 outputs are unchanged.
 
 Fast path (``fast_path=True``, the default) and reference path (``False``) compute the same
 function (fp32 outputs equal to about 1e-5); the fast path uses fused attention, the gather-based
@@ -255,6 +256,15 @@ class ViTAdapter(BaseModule):
             x = self.pos_embed.after_block(i, x, grid)
         return x
 
+    def _pad_to_patch(self, img: Tensor) -> Tensor:
+        """The input (already a multiple of 32) zero-padded at the bottom and right to a multiple
+        of the patch size when that does not divide 32 (e.g. 14), so that the ViT tokens cover the
+        whole image; unchanged otherwise."""
+        p = self.patch_size
+        if 32 % p == 0:
+            return img
+        return F.pad(img, (0, -img.shape[-1] % p, 0, -img.shape[-2] % p))
+
     def _vit_map(self, tokens: Tensor, grid: Tuple[int, int], size: Sequence[int],
                  stride: int) -> Tensor:
         """ViT tokens ``(B, h*w, C)`` on the patch ``grid`` -> a ``(B, C, *size)`` map for the
@@ -286,7 +296,7 @@ class ViTAdapter(BaseModule):
         c = torch.cat([t.flatten(2).transpose(1, 2) + self.level_embed[i]
                        for i, t in enumerate((c2, c3, c4))], dim=1)
 
-        x = self.patch_embed(img)  # (B, H/p, W/p, C), p = patch_size (floor)
+        x = self.patch_embed(self._pad_to_patch(img))  # (B, ceil(H/p), ceil(W/p), C)
         grid = tuple(x.shape[1:3])
         x = x.flatten(1, 2)
         if self.fast_path:
