@@ -381,8 +381,8 @@ def test_errors_name_the_layout_what_is_missing_and_what_to_do(files, tmp_path):
     short = tmp_path / 'short.pth'
     torch.save({k: v for k, v in timm_sd.items() if not k.startswith(('blocks.2.', 'blocks.3.'))},
                short)
-    cases.append((short, None, 'AbsolutePE', [r'DeiT release / timm', r'initialisation \(blocks 2, 3\)',
-                                              r'depth=2']))
+    cases.append((short, None, 'AbsolutePE',
+                  [r'DeiT release / timm', r'initialisation \(blocks 2, 3\)', r'depth=2']))
     # ViT weights nested under a prefix the init_cfg does not give.
     nested = tmp_path / 'nested.pth'
     torch.save({f'encoder.{k}': v for k, v in timm_sd.items()}, nested)
@@ -393,8 +393,9 @@ def test_errors_name_the_layout_what_is_missing_and_what_to_do(files, tmp_path):
     # A pe-dense MPVG classifier into an AbsolutePE backbone.
     mpvg = tmp_path / 'mpvg.pth'
     torch.save({'state_dict': pe_dense_classifier_state('MPVG', 'gap')}, mpvg)
-    cases.append((mpvg, None, 'AbsolutePE', [r"pos_embed=dict\(type='MPVG'\)",
-                                             r'no place in this ViTAdapter \(AbsolutePE\): pos_embed']))
+    cases.append((mpvg, None, 'AbsolutePE',
+                  [r"pos_embed=dict\(type='MPVG'\)",
+                   r'no place in this ViTAdapter \(AbsolutePE\): pos_embed']))
     # Not a ViT at all (a ResNet-like file).
     resnet = tmp_path / 'resnet.pth'
     torch.save({'conv1.weight': torch.randn(4, 3, 3, 3), 'layer1.0.bn1.weight': torch.ones(4)},
