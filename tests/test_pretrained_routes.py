@@ -7,6 +7,8 @@ modules."""
 import importlib.util
 import os
 import re
+import subprocess
+import sys
 
 import pytest
 import timm
@@ -417,3 +419,46 @@ def test_a_whole_model_file_without_backbone_weights_stops(tmp_path):
     with pytest.raises(CheckpointLayoutError, match=r"nothing in it starts with 'backbone\.'.*"
                        r'every ViT block would stay at its initialisation'):
         load_checkpoint(Whole(), str(path), map_location='cpu', strict=False)
+
+
+# --------------------------------------------------- the command-line tools, end to end
+@pytest.fixture(scope='module')
+def mini_coco(tmp_path_factory):
+    out = tmp_path_factory.mktemp('mini')
+    subprocess.run([sys.executable, os.path.join(ROOT, 'tools/make_mini_data.py'), '--out',
+                    str(out), '--num-train', '4', '--num-val', '2', '--cls-train', '1',
+                    '--cls-val', '1'], check=True, capture_output=True)
+    return f'{out}/coco/'
+
+
+def test_tools_with_a_deit_file_as_load_from_stop_with_the_init_cfg_line(files, mini_coco,
+                                                                         tmp_path):
+    """The issue's case: `--cfg-options load_from=<DeiT file>` with a Mask R-CNN config, through
+    tools/train.py, tools/test.py (CHECKPOINT) and mmdet's own tools/test.py: each stops before
+    training or testing, with the init_cfg line naming the file."""
+    import mmdet
+    deit = files['deit_release'][0]
+    config = os.path.join(ROOT, 'configs/mini/mask-rcnn_vit-adapter-ti-abs_fpn_mini.py')
+    data = [f'{split}_dataloader.dataset.data_root={mini_coco}' for split in
+            ('train', 'val', 'test')]
+    data += [f'{split}_evaluator.ann_file={mini_coco}annotations/instances_val2017.json'
+             for split in ('val', 'test')]
+    mmdet_test = os.path.join(os.path.dirname(mmdet.__file__), '.mim', 'tools', 'test.py')
+    commands = [
+        [os.path.join(ROOT, 'tools/train.py'), config, '--work-dir', str(tmp_path / 'a'),
+         '--cfg-options', *data, f'load_from={deit}', 'train_cfg.max_iters=1',
+         'train_cfg.val_interval=2'],
+        [os.path.join(ROOT, 'tools/test.py'), config, deit, '--work-dir', str(tmp_path / 'b'),
+         '--cfg-options', *data],
+        [mmdet_test, config, deit, '--work-dir', str(tmp_path / 'c'), '--cfg-options', *data,
+         "custom_imports.imports=['pe_dense']"],
+    ]
+    env = dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS='1')
+    for cmd in commands:
+        proc = subprocess.run([sys.executable, *cmd], cwd=ROOT, capture_output=True, text=True,
+                              env=env, timeout=600)
+        out = proc.stdout + proc.stderr
+        assert proc.returncode != 0, out[-2000:]
+        assert f"model.backbone.init_cfg = dict(type='Pretrained', checkpoint='{deit}')" in out, \
+            out[-3000:]
+        assert 'Iter(' not in out and 'coco/bbox_mAP' not in out  # nothing trained or tested
