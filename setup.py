@@ -15,8 +15,10 @@ setup(
     packages=find_packages(include=['pe_dense', 'pe_dense.*']),
     python_requires='>=3.9',
     install_requires=[
-        # weights_only loading with a scoped allow-list of (object, name) pairs needs torch 2.6.
-        'torch>=2.6',
+        # weights_only loading with a scoped allow-list of (object, name) pairs needs torch 2.6;
+        # torch.compiler.is_exporting (the PE table, the grid caches and deformable attention
+        # call it in every forward) first appeared in torch 2.7.
+        'torch>=2.7',
         'torchvision',
         'mmengine==0.10.7',
         'mmcv>=2.0.0rc4,<2.2.0',

@@ -1,6 +1,7 @@
 """A PE table of a non-square pre-training grid, used on a square grid with the same number of
 tokens: it must be resampled, never reused as it is. timm releases before 1.0.29 returned the
-table unchanged from ``resample_abs_pos_embed`` in this case (the lower bound in setup.py)."""
+table unchanged from ``resample_abs_pos_embed`` in this case (the lower bound in setup.py); and
+the declared lower bounds cover the APIs the code calls."""
 import re
 
 import torch
@@ -41,7 +42,13 @@ def test_non_square_table_on_a_square_grid_of_the_same_token_count():
         torch.testing.assert_close(seen[0], patches + want, rtol=0, atol=1e-5)
 
 
-def test_declared_timm_lower_bound_has_the_fix():
+def test_declared_lower_bounds_cover_what_the_code_uses():
+    """timm: the resampling fix above (1.0.29); torch: ``torch.compiler.is_exporting``, called in
+    every forward, exists from 2.7 on (timm's own helper says the same)."""
     text = open(ROOT_SETUP).read()
-    bound = re.search(r"'timm>=([0-9.]+)'", text).group(1)
-    assert tuple(int(p) for p in bound.split('.')) >= (1, 0, 29)
+
+    def bound(name):
+        return tuple(int(p) for p in re.search(rf"'{name}>=([0-9.]+)'", text).group(1).split('.'))
+
+    assert bound('timm') >= (1, 0, 29)
+    assert bound('torch') >= (2, 7)
