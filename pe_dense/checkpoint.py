@@ -463,8 +463,7 @@ def load_backbone_checkpoint(backbone: nn.Module, path: str, prefix: Optional[st
     converted, dropped = prepare_backbone_state(backbone, state_dict, source=str(path))
     result = backbone.load_state_dict(converted, strict=False)
     msg = (f'loaded {path} into {type(backbone).__name__} '
-           f'({type(backbone.pos_embed).__name__}): {n_in} tensors read '
-           f'({recognise_layout(state_dict)}); '
+           f'({type(backbone.pos_embed).__name__}): {n_in} tensors read; '
            f'dropped ({len(dropped)}): {summarize_keys(dropped)}; '
            f'missing ({len(result.missing_keys)}): {summarize_keys(result.missing_keys)}; '
            f'unexpected ({len(result.unexpected_keys)}): {summarize_keys(result.unexpected_keys)}')
