@@ -314,7 +314,9 @@ def check_backbone_state(backbone: nn.Module, source_keys: Iterable[str],
     required = [k for k in own if k.startswith(_VIT_PREFIXES)
                 and (layer_scale or not re.match(r'blocks\.\d+\.gamma[12]$', k))]
     if any(k.startswith(ADAPTER_PREFIXES) for k in converted):
-        required += [k for k in own if k.startswith(ADAPTER_PREFIXES)]
+        # BatchNorm's step counter is not a weight (old files lack it; mmengine ignores it too).
+        required += [k for k in own if k.startswith(ADAPTER_PREFIXES)
+                     and not k.endswith('num_batches_tracked')]
     missing = [k for k in required if k not in converted]
     if missing or unplaced:
         text = [f'{source}: recognised layout: {recognise_layout(source_keys)}.']

@@ -462,3 +462,25 @@ def test_tools_with_a_deit_file_as_load_from_stop_with_the_init_cfg_line(files, 
         assert f"model.backbone.init_cfg = dict(type='Pretrained', checkpoint='{deit}')" in out, \
             out[-3000:]
         assert 'Iter(' not in out and 'coco/bbox_mAP' not in out  # nothing trained or tested
+
+
+def test_released_file_without_batchnorm_step_counters_loads(files, tmp_path):
+    """Files written before BatchNorm counted its steps lack ``num_batches_tracked``: still a
+    complete ViT-Adapter file."""
+    path, state = files['released_vit_adapter']
+    obj = torch.load(path)
+    obj['state_dict'] = {k: v for k, v in obj['state_dict'].items()
+                         if not k.endswith('num_batches_tracked')}
+    old = tmp_path / 'old_released.pth'
+    torch.save(obj, old)
+    backbone = adapter(init_cfg=dict(type='Pretrained', checkpoint=str(old)))
+    backbone.init_weights()
+    expected = expected_in_adapter('released_vit_adapter', state, backbone)
+    assert_holds(backbone, {k: v for k, v in expected.items()
+                            if not k.endswith('num_batches_tracked')})
+    # ... but a file without an adapter part it should hold stops.
+    obj['state_dict'] = {k: v for k, v in obj['state_dict'].items()
+                         if not k.startswith('backbone.interactions.1.')}
+    torch.save(obj, old)
+    with pytest.raises(CheckpointLayoutError, match=r'interactions'):
+        adapter(init_cfg=dict(type='Pretrained', checkpoint=str(old))).init_weights()
