@@ -112,8 +112,12 @@ class ViTAdapter(BaseModule):
             (recomputed as soon as one of their parameters changes). Settable after
             construction: ``model.fast_path = False``.
         out_indices: which of the four maps (strides 4, 8, 16, 32) to return.
-        init_cfg: ``dict(type='Pretrained', checkpoint=PATH)`` loads any checkpoint format that
-            :func:`pe_dense.checkpoint.load_backbone_checkpoint` accepts.
+        init_cfg: ``dict(type='Pretrained', checkpoint=PATH[, prefix='backbone.'])`` loads any
+            checkpoint layout that :func:`pe_dense.checkpoint.load_backbone_checkpoint` accepts;
+            a file that would leave a ViT weight unset raises
+            :class:`~pe_dense.checkpoint.CheckpointLayoutError` (so does any ``load_state_dict``
+            of a model holding this backbone, ``load_from`` included, whose state dict has
+            nothing for it or leaves ViT weights unset).
     """
 
     def __init__(self,
