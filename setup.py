@@ -26,7 +26,8 @@ setup(
         'mmsegmentation==1.2.2',
         'mmpretrain==1.2.0',
         # 1.0.29: resample_abs_pos_embed resamples a non-square table to a square grid with the
-        # same token count (earlier releases returned it unchanged when old_size was given).
+        # same token count (earlier releases returned it unchanged whenever the token counts
+        # matched and the new grid was square, whatever old_size said).
         'timm>=1.0.29',
         'pycocotools',
         # mmseg imports these without declaring them.
