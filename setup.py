@@ -15,15 +15,20 @@ setup(
     packages=find_packages(include=['pe_dense', 'pe_dense.*']),
     python_requires='>=3.9',
     install_requires=[
-        # weights_only loading with a scoped allow-list of (object, name) pairs needs torch 2.6.
-        'torch>=2.6',
+        # weights_only loading with a scoped allow-list of (object, name) pairs needs torch 2.6;
+        # torch.compiler.is_exporting (the PE table, the grid caches and deformable attention
+        # call it in every forward) first appeared in torch 2.7.
+        'torch>=2.7',
         'torchvision',
         'mmengine==0.10.7',
         'mmcv>=2.0.0rc4,<2.2.0',
         'mmdet==3.3.0',
         'mmsegmentation==1.2.2',
         'mmpretrain==1.2.0',
-        'timm>=0.9',
+        # 1.0.29: resample_abs_pos_embed resamples a non-square table to a square grid with the
+        # same token count (earlier releases returned it unchanged whenever the token counts
+        # matched and the new grid was square, whatever old_size said).
+        'timm>=1.0.29',
         'pycocotools',
         # mmseg imports these without declaring them.
         'ftfy',

@@ -25,12 +25,17 @@ import os.path as osp
 import torch
 from mmengine.runner.checkpoint import CheckpointLoader
 
+from pe_dense.checkpoint import note_checkpoint_read
 from pe_dense.safe_load import load_checkpoint_file
 
 
 def load_local_checkpoint(filename: str, map_location=None) -> dict:
-    """mmengine's local-file loader: reads through the allow-list (module docstring)."""
-    return load_checkpoint_file(filename, map_location=map_location)
+    """mmengine's local-file loader: reads through the allow-list (module docstring), and notes
+    the file, so that a backbone refusing the state dict loaded from it can name it
+    (:func:`pe_dense.checkpoint.note_checkpoint_read`)."""
+    obj = load_checkpoint_file(filename, map_location=map_location)
+    note_checkpoint_read(filename, obj)
+    return obj
 
 
 def install_checkpoint_loader() -> None:

@@ -288,9 +288,14 @@ def test_cli_checkpoint_and_no_pe(tmp_path, image_files, cli):
     NaN).
     NoPE writes NaN everywhere and skips the figures that need a PE."""
     ckpt = tmp_path / 'model.pth'
-    torch.save({'state_dict': {'backbone.pos_embed.norms.11.weight': torch.zeros(192),
-                               'backbone.pos_embed.norms.11.bias': torch.full((192,), 0.25),
-                               'decode_head.conv_seg.bias': torch.zeros(150)}}, ckpt)
+    # A whole segmentor's file holds every backbone weight (one that leaves ViT blocks unset is
+    # refused by the loader).
+    state = {f'backbone.{k}': v
+             for k, v in ViTAdapter(pos_embed=dict(type='PVG')).state_dict().items()}
+    state.update({'backbone.pos_embed.norms.11.weight': torch.zeros(192),
+                  'backbone.pos_embed.norms.11.bias': torch.full((192,), 0.25),
+                  'decode_head.conv_seg.bias': torch.zeros(150)})
+    torch.save({'state_dict': state}, ckpt)
     cli.main([UPERNET, str(ckpt), '--images', *image_files, '--out', str(tmp_path / 'pvg'),
               '--method', 'PVG', '--size', '64', '64', '--sim-layer', '2',
               '--heatmap-layers', '0', '11'])

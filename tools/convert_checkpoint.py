@@ -1,8 +1,12 @@
 """Converts a checkpoint of any format pe-dense accepts into pe-dense's own format.
 
-Accepted: the DeiT release (``{'model': ...}``), plain timm state dicts, LaPE-style checkpoints
-(``blocks.{i}.pe_norm.*``), the released ViT-Adapter COCO / ADE20K checkpoints (``backbone.``
-prefix; the rest of the detector/segmentor is kept unless ``--backbone-only``) and pe-dense files.
+Accepted: the DeiT release (``{'model': ...}``), plain timm state dicts (layer scale ``ls1`` /
+``ls2`` included), LaPE-style checkpoints (``blocks.{i}.pe_norm.*``), mmpretrain's ViT/DeiT
+checkpoints (``backbone.layers.{i}.ln1`` ...), the released ViT-Adapter COCO / ADE20K checkpoints
+(``backbone.`` prefix; the rest of the detector/segmentor is kept unless ``--backbone-only``) and
+pe-dense files. A file that would leave a ViT weight unset, or holds a tensor the backbone has no
+place for, is refused with the layout recognised and what to do (see
+:mod:`pe_dense.checkpoint`); nothing is written then.
 
     python tools/convert_checkpoint.py deit_tiny_patch16_224-a1311bcf.pth \
         pretrained/deit-ti_abs.pth --pos-embed AbsolutePE
@@ -16,8 +20,9 @@ import os
 
 import torch
 
-from pe_dense.checkpoint import (convert_backbone_keys, dropped_keys, pe_dense_checkpoint,
-                                 read_checkpoint, summarize_keys, unwrap_state_dict)
+from pe_dense.checkpoint import (CheckpointLayoutError, pe_dense_checkpoint,
+                                 prepare_backbone_state, read_checkpoint, recognise_layout,
+                                 summarize_keys, unwrap_state_dict)
 from pe_dense.models import ViTAdapter
 
 
@@ -61,24 +66,23 @@ def convert(src, dst, pos_embed=None, config=None, backbone_only=False):
     whole_model = any(k.startswith('backbone.') for k in state)
     prefix = 'backbone.' if whole_model else ''
     sub = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
-    converted = convert_backbone_keys(backbone, sub)
-    dropped = dropped_keys(backbone, sub)
-    # Loading checks every shape (an error names the key and both shapes).
-    result = backbone.load_state_dict(converted, strict=False)
-    unexpected = result.unexpected_keys
-    if unexpected:
-        raise SystemExit(f'{src}: keys that fit no parameter of the {pos_embed} backbone: '
-                         f'{summarize_keys(unexpected)}; pass the right --pos-embed or --config')
+    try:
+        # Every ViT weight must come from the file and every tensor must fit (shapes included).
+        converted, dropped = prepare_backbone_state(backbone, sub, source=src)
+    except CheckpointLayoutError as err:
+        raise SystemExit(f'{err}\nFor another architecture pass --config CONFIG (its '
+                         'model.backbone), for another position encoding --pos-embed NAME.')
+    missing = backbone.load_state_dict(converted, strict=False).missing_keys
     out = {prefix + k: v.clone() for k, v in converted.items()}
     if whole_model and not backbone_only:
         out.update({k: v for k, v in state.items() if not k.startswith('backbone.')})
-    missing = result.missing_keys
     os.makedirs(os.path.dirname(os.path.abspath(dst)), exist_ok=True)
     torch.save(pe_dense_checkpoint(out, pos_embed, source=src), dst)
     print(f'wrote {dst}: {len(out)} tensors for a {pos_embed} backbone'
-          f'{" (whole model)" if whole_model and not backbone_only else ""}; backbone parameters '
-          f'not in the source (left to their initialisation): {summarize_keys(missing)}; '
-          f'source keys this backbone does not use, dropped: {summarize_keys(dropped)}')
+          f'{" (whole model)" if whole_model and not backbone_only else ""} from '
+          f'{recognise_layout(sub)}; backbone parameters not in the source (left to their '
+          f'initialisation): {summarize_keys(missing)}; source keys this backbone does not use, '
+          f'dropped: {summarize_keys(dropped)}')
     return out
 
 

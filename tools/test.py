@@ -16,6 +16,7 @@ from mmengine.dist import get_rank  # noqa: E402
 from mmengine.runner import Runner  # noqa: E402
 
 import pe_dense  # noqa: E402,F401  (registers modules, fixes checkpoint loading)
+from pe_dense.checkpoint import CheckpointLayoutError  # noqa: E402
 from pe_dense.runtime import add_run_args, load_run_config, setup_distributed  # noqa: E402
 
 
@@ -35,7 +36,10 @@ def main():
     cfg = load_run_config(args)
     cfg.load_from = args.checkpoint
     setup_distributed(cfg, args.launcher)
-    metrics = Runner.from_cfg(cfg).test()
+    try:
+        metrics = Runner.from_cfg(cfg).test()
+    except CheckpointLayoutError as err:  # a pre-trained file that would not load
+        raise SystemExit(f'[pe-dense] {err}') from None
     if get_rank() == 0:
         metrics = {k: float(v) for k, v in metrics.items()}
         print(json.dumps(metrics, indent=1))

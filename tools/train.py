@@ -23,6 +23,7 @@ from mmengine.device import get_device  # noqa: E402
 from mmengine.runner import Runner  # noqa: E402
 
 import pe_dense  # noqa: E402,F401  (registers modules, fixes checkpoint loading)
+from pe_dense.checkpoint import CheckpointLayoutError  # noqa: E402
 from pe_dense.runtime import add_run_args, load_run_config, setup_distributed  # noqa: E402
 
 
@@ -100,7 +101,10 @@ def main():
     args = parse_args()
     cfg = build_config(args)
     setup_distributed(cfg, args.launcher)
-    Runner.from_cfg(cfg).train()
+    try:
+        Runner.from_cfg(cfg).train()
+    except CheckpointLayoutError as err:  # a pre-trained file that would not load
+        raise SystemExit(f'[pe-dense] {err}') from None
 
 
 if __name__ == '__main__':

@@ -8,6 +8,11 @@ custom_imports = dict(imports=['pe_dense'], allow_failed_imports=False)
 norm_cfg = dict(type='BN', requires_grad=True)
 model = dict(
     pretrained=None,
+    # Pad test images to a multiple of 32 as the backbone does, so the logits are resized back
+    # over the padded image and mmseg crops the padding off; without it a whole-image (or a
+    # smaller-than-crop slide) prediction of, e.g., a 100x150 image would be the 128x160 map
+    # squeezed into 100x150.
+    data_preprocessor=dict(test_cfg=dict(size_divisor=32)),
     backbone=dict(
         _delete_=True,
         type='ViTAdapter',

@@ -12,6 +12,12 @@ Input sizes: the image is zero-padded at the bottom and right to a multiple of 3
 mmseg's data preprocessors do with ``size_divisor=32``); for an ``H x W`` input the outputs are
 ``(B, C, ceil(H/32)*32/s, ceil(W/32)*32/s)`` for s = 4, 8, 16, 32, and cover that padded image.
 
+Any patch size p works (e.g. 14 for DINOv2-style ViTs, 8, 32): the ViT tokens form a
+``ceil(H'/p) x ceil(W'/p)`` map (H', W' the padded size; for a p that does not divide 32 the
+patch embedding sees the image zero-padded further to a multiple of p), which is resized
+(bilinear) to each output's own size; for p = 16 these sizes are 4x, 2x, 1x and 0.5x the token
+map, the published ViT-Adapter's fixed factors, so patch-16 outputs are unchanged.
+
 Fast path (``fast_path=True``, the default) and reference path (``False``) compute the same
 function (fp32 outputs equal to about 1e-5); the fast path uses fused attention, the gather-based
 deformable-attention sampler on the CPU and per-grid caching in inference; the reference path is
@@ -42,6 +48,8 @@ from ..pos_embed import build_pos_encoding
 from .vit import Block, apply_fast_path
 
 VIT_FEATURE_MODES = ('last', 'per_interaction', 'none')
+# Strides of the four outputs (c1..c4) relative to the padded input.
+OUT_STRIDES = (4, 8, 16, 32)
 
 
 def _reference_points(shapes: Sequence[Tuple[int, int]], device: torch.device) -> Tensor:
@@ -80,7 +88,8 @@ class ViTAdapter(BaseModule):
         pos_embed: ``dict(type=NAME, **options)``, NAME one of ``AbsolutePE`` (default), ``NoPE``,
             ``PEG``, ``LaPE``, ``PVG``, ``MPVG``.
         pretrain_size: image side of the pre-training (224): the learned PE table is 14x14.
-        patch_size, embed_dim, depth, num_heads, mlp_ratio, qkv_bias, layer_scale: the ViT.
+        patch_size, embed_dim, depth, num_heads, mlp_ratio, qkv_bias, layer_scale: the ViT
+            (any patch size; ``pretrain_size`` must be a multiple of it).
         drop_rate, attn_drop_rate, drop_path_rate: dropout and stochastic depth (linearly
             increasing over the blocks, and the same rate for each interaction's extractor FFN).
         window_attn: bool or one bool per block; window_size: int or one int per block.
@@ -103,8 +112,12 @@ class ViTAdapter(BaseModule):
             (recomputed as soon as one of their parameters changes). Settable after
             construction: ``model.fast_path = False``.
         out_indices: which of the four maps (strides 4, 8, 16, 32) to return.
-        init_cfg: ``dict(type='Pretrained', checkpoint=PATH)`` loads any checkpoint format that
-            :func:`pe_dense.checkpoint.load_backbone_checkpoint` accepts.
+        init_cfg: ``dict(type='Pretrained', checkpoint=PATH[, prefix='backbone.'])`` loads any
+            checkpoint layout that :func:`pe_dense.checkpoint.load_backbone_checkpoint` accepts;
+            a file that would leave a ViT weight unset raises
+            :class:`~pe_dense.checkpoint.CheckpointLayoutError` (so does any ``load_state_dict``
+            of a model holding this backbone, ``load_from`` included, whose state dict has
+            nothing for it or leaves ViT weights unset).
     """
 
     def __init__(self,
@@ -247,6 +260,27 @@ class ViTAdapter(BaseModule):
             x = self.pos_embed.after_block(i, x, grid)
         return x
 
+    def _pad_to_patch(self, img: Tensor) -> Tensor:
+        """The input (already a multiple of 32) zero-padded at the bottom and right to a multiple
+        of the patch size when that does not divide 32 (e.g. 14), so that the ViT tokens cover the
+        whole image; unchanged otherwise."""
+        p = self.patch_size
+        if 32 % p == 0:
+            return img
+        return F.pad(img, (0, -img.shape[-1] % p, 0, -img.shape[-2] % p))
+
+    def _vit_map(self, tokens: Tensor, grid: Tuple[int, int], size: Sequence[int],
+                 stride: int) -> Tensor:
+        """ViT tokens ``(B, h*w, C)`` on the patch ``grid`` -> a ``(B, C, *size)`` map for the
+        output of stride ``stride``: resized (bilinear, align_corners False, as the published
+        ViT-Adapter) to that output's own size, so any patch size works. With ``patch_size ==
+        stride`` the grid already is that size (the input is padded to a multiple of 32); for patch
+        16 the sizes are exactly 4x, 2x, 1x and 0.5x the grid, the published fixed factors."""
+        fmap = tokens.transpose(1, 2).reshape(tokens.shape[0], self.embed_dim, *grid)
+        if self.patch_size == stride:
+            return fmap
+        return F.interpolate(fmap, size=tuple(size), mode='bilinear', align_corners=False)
+
     def forward(self, img: Tensor) -> Tuple[Tensor, ...]:
         """``img``: ``(B, 3, H, W)`` -> maps ``(B, C, H'/s, W'/s)`` for s in 4, 8, 16, 32, where
         H', W' are H, W rounded up to multiples of 32."""
@@ -266,7 +300,7 @@ class ViTAdapter(BaseModule):
         c = torch.cat([t.flatten(2).transpose(1, 2) + self.level_embed[i]
                        for i, t in enumerate((c2, c3, c4))], dim=1)
 
-        x = self.patch_embed(img)  # (B, H/16, W/16, C)
+        x = self.patch_embed(self._pad_to_patch(img))  # (B, ceil(H/p), ceil(W/p), C)
         grid = tuple(x.shape[1:3])
         x = x.flatten(1, 2)
         if self.fast_path:
@@ -293,12 +327,8 @@ class ViTAdapter(BaseModule):
         if self.vit_feature != 'none':
             if self.vit_feature == 'last':
                 vit_maps = vit_maps[-1:] * 4
-            for i, (scale, tokens) in enumerate(zip((4, 2, 1, 0.5), vit_maps)):
-                fmap = tokens.transpose(1, 2).reshape(b, self.embed_dim, *grid)
-                if scale != 1:
-                    fmap = F.interpolate(fmap, scale_factor=scale, mode='bilinear',
-                                         align_corners=False)
-                outs[i] = outs[i] + fmap
+            for i, (stride, tokens) in enumerate(zip(OUT_STRIDES, vit_maps)):
+                outs[i] = outs[i] + self._vit_map(tokens, grid, outs[i].shape[-2:], stride)
         # The maps above are channels-last views of token sequences. Heads that read raw memory
         # (mmcv's RoIAlign, CPU and CUDA) assume contiguous NCHW, so hand out contiguous maps.
         outs = [getattr(self, f'norm{i + 1}')(out).contiguous() for i, out in enumerate(outs)]
