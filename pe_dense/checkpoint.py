@@ -129,7 +129,7 @@ def missing_file_hint(path: str) -> str:
     config = f'deit-{size}-{method}_4xb256-300e_in1k'
     return (f'. It is made by ImageNet pre-training with configs/deit/{config}.py:\n'
             f'  bash tools/dist_train.sh configs/deit/{config}.py 4\n'
-            f'  cp work_dirs/{config}/epoch_300.pth {path}\n'
+            f'  cp work_dirs/{config}/handoff_model.pth {path}\n'
             '(the classifier checkpoint is read as it is: its backbone.* keys load into '
             'ViTAdapter)')
 
