@@ -329,9 +329,15 @@ def test_cli_classifier_config_checkpoint_folder_and_suffix(tmp_path, cli):
             folder / f'{i}.JPEG')
     (folder / 'notes.txt').write_text('not an image')
     ckpt = tmp_path / 'iter_2.pth'
-    torch.save({'state_dict': {'backbone.pos_embed.norms.11.weight': torch.zeros(192),
-                               'backbone.pos_embed.norms.11.bias': torch.full((192,), -0.5),
-                               'head.fc.weight': torch.zeros(9, 192)}}, ckpt)
+    # A whole classifier's file holds every backbone weight (one that leaves ViT blocks unset is
+    # refused by the loader): the mini config's PEViT (64 x 64 inputs, GAP) with the planted norm.
+    backbone = PEViT(arch='tiny', img_size=64, patch_size=16, pos_embed=dict(type='PVG'),
+                     pooling='gap')
+    state = {f'backbone.{k}': v for k, v in backbone.state_dict().items()}
+    state.update({'backbone.pos_embed.norms.11.weight': torch.zeros(192),
+                  'backbone.pos_embed.norms.11.bias': torch.full((192,), -0.5),
+                  'head.fc.weight': torch.zeros(9, 192)})
+    torch.save({'state_dict': state}, ckpt)
     out = tmp_path / 'figures'
     cli.main([DEIT_PVG, str(ckpt), '--images', str(folder), '--out', str(out), '--size', '128',
               '128', '--suffix', 'pvg', '--heatmap-layers', '0', '11'])
