@@ -213,6 +213,8 @@ def guess_pos_embed(keys: Iterable[str]) -> Optional[str]:
         return 'PEG'
     if any(k.startswith('pos_embed.last_pe_norm.') for k in keys):
         return 'MPVG'
+    if any(k.startswith('pos_embed.freqs.') for k in keys):
+        return 'RoPEMixed'
     if norms:
         return 'LaPE' if 0 in norms else 'PVG'
     if 'pos_embed.weight' in keys:

@@ -33,6 +33,9 @@ to the name each parameter has in the published code of its method:
 - the PE LayerNorm of block ``l`` in LaPE, PVG and MPVG, ``backbone.pos_embed.norms.{l}.*``, is
   LaPE's ``backbone.blocks.{l}.pe_norm.*`` (LaPE's code keeps it inside its block): id ``l + 1``,
   no decay (1-D). PVG and MPVG have no public code; their chains take LaPE's layout.
+- RoPE-Mixed's frequencies of block ``l``, ``backbone.pos_embed.freqs.{l}`` (3-D), go with their
+  block, ``backbone.blocks.{l}.attn.freqs``: id ``l + 1``, and never decay (rope-vit lists them
+  in ``no_weight_decay``; the same under the exempt rule, where their id is 0).
 - parts with no published code keep pe-dense's names, to which the same rule applies: PEG's
   convolution ``backbone.pos_embed.proj.*`` (CPVT's PEG inside ViT-Adapter) and MPVG's Last LN
   pair ``backbone.pos_embed.last_norm.*`` / ``last_pe_norm.*`` get id ``num_layers + 1`` (scale
@@ -62,6 +65,7 @@ _EMBED_NAMES = ('backbone.pos_embed', 'backbone.cls_token', 'backbone.mask_token
                 'backbone.visual_embed')
 _CHAIN_NORM = re.compile(r'backbone\.pos_embed\.norms\.(\d+)\.(.+)')
 _TABLE_NAMES = ('backbone.pos_embed.weight', 'backbone.pos_embed.prefix_weight')
+_ROPE_FREQS = re.compile(r'backbone\.pos_embed\.freqs\.(\d+)')
 PE_RULES = ('published', 'exempt')
 _PARAMWISE_KEYS = ('num_layers', 'layer_decay_rate', 'pos_embed_rule')
 _REQUIRED_KEYS = ('num_layers', 'layer_decay_rate')
@@ -75,10 +79,15 @@ def _in_pos_embed(name: str) -> bool:
 def published_name(name: str) -> str:
     """The name parameter ``name`` (a whole-model name) has in the published code of its method:
     the PE table -> ``backbone.pos_embed``; the PE LayerNorm of block l
-    (``backbone.pos_embed.norms.{l}.*``) -> LaPE's ``backbone.blocks.{l}.pe_norm.*``; other names
-    unchanged."""
+    (``backbone.pos_embed.norms.{l}.*``) -> LaPE's ``backbone.blocks.{l}.pe_norm.*``; RoPE-Mixed's
+    frequencies of block l (``backbone.pos_embed.freqs.{l}``) -> ``backbone.blocks.{l}.attn.freqs``
+    (rope-vit keeps all blocks' frequencies in one tensor and has no layer decay; each block's
+    go with that block); other names unchanged."""
     if name in _TABLE_NAMES:
         return _POS_EMBED
+    m = _ROPE_FREQS.fullmatch(name)
+    if m:
+        return f'{_BLOCKS}{m.group(1)}.attn.freqs'
     m = _CHAIN_NORM.fullmatch(name)
     if m:
         return f'{_BLOCKS}{m.group(1)}.pe_norm.{m.group(2)}'
@@ -114,8 +123,9 @@ def get_layer_id(name: str, num_layers: int, rule: str = 'published') -> int:
 
 def is_no_decay(name: str, ndim: int, rule: str = 'published') -> bool:
     """Whether parameter ``name`` with ``ndim`` dimensions is exempt from weight decay under
-    ``rule`` (see the module docstring)."""
-    if ndim == 1 or name.endswith('.bias'):
+    ``rule`` (see the module docstring). RoPE-Mixed's frequencies never decay under either rule
+    (rope-vit's ``no_weight_decay``)."""
+    if ndim == 1 or name.endswith('.bias') or _ROPE_FREQS.fullmatch(name):
         return True
     if rule == 'exempt':
         return _in_pos_embed(name) or name == 'backbone.level_embed'

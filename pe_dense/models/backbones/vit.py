@@ -12,6 +12,7 @@ from typing import Optional, Tuple
 import torch
 import torch.nn.functional as F
 from timm.layers import DropPath, Mlp
+from timm.layers.pos_embed_sincos import apply_rot_embed_cat
 from torch import Tensor, nn
 
 
@@ -22,6 +23,10 @@ class Attention(nn.Module):
     Windowed attention follows the published ViT-Adapter exactly: q, k and v are computed first,
     then the grid is padded with zeros at the bottom and right to a multiple of the window, so
     padded positions take part in the softmax with zero keys and values (no mask).
+
+    A rotary PE (``rope``, see :meth:`PositionEncoding.block_rope`) rotates q and k right after
+    the qkv projection, before windows are cut: a window's tokens keep their coordinates on the
+    whole grid, so logits inside a window depend on the same offsets as in global attention.
 
     Args:
         dim: channels C; num_heads: heads; qkv_bias: bias on the qkv projection.
@@ -54,16 +59,31 @@ class Attention(nn.Module):
         attn = self.attn_drop(attn.softmax(dim=-1))
         return attn @ v
 
-    def forward(self, x: Tensor, grid: Tuple[int, int]) -> Tensor:
-        """``x``: ``(B, N, C)`` with ``N = H * W`` -> ``(B, N, C)``."""
+    def forward(self, x: Tensor, grid: Tuple[int, int], rope: Optional[Tensor] = None) -> Tensor:
+        """``x``: ``(B, P + N, C)`` with ``N = H * W`` patch tokens after ``P`` prefix tokens
+        (P = 0 with windows); ``rope``: None or ``(M or 1, N, 2 * d)`` sines then cosines of the
+        rotation of the patch tokens' q and k -> ``(B, P + N, C)``."""
         b, n, c = x.shape
         qkv = self.qkv(x)
+        if rope is not None:
+            qkv = self._rotate(qkv, rope)
         if self.window_size:
             out = self._windowed(qkv, grid)
         else:
             q, k, v = qkv.view(b, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
             out = self._attend(q, k, v).transpose(1, 2).reshape(b, n, c)
         return self.proj_drop(self.proj(out))
+
+    def _rotate(self, qkv: Tensor, rope: Tensor) -> Tensor:
+        """Rotates the channel pairs ``(2i, 2i + 1)`` of q and k of the last ``rope.shape[1]``
+        tokens (the patch tokens; prefix tokens stay as they are): ``(B, P + N, 3C)`` -> same."""
+        b, n, c3 = qkv.shape
+        qkv = qkv.view(b, n, 3, self.num_heads, self.head_dim)
+        p = n - rope.shape[1]
+        emb = rope.transpose(0, 1).unsqueeze(1)  # (N, 1, M or 1, 2d) against (B, N, 2, M, d)
+        qk = apply_rot_embed_cat(qkv[:, p:, :2], emb)
+        qk = torch.cat([qkv[:, :p, :2], qk], dim=1)
+        return torch.cat([qk, qkv[:, :, 2:]], dim=2).reshape(b, n, c3)
 
     def _windowed(self, qkv: Tensor, grid: Tuple[int, int]) -> Tensor:
         b, n, c3 = qkv.shape
@@ -102,7 +122,7 @@ class Block(nn.Module):
     ``x' = x + gamma1 * Attn(LN1(x) [+ pos])``, ``x'' = x' + gamma2 * MLP(LN2(x'))``.
 
     ``pos`` (``(1, N, C)``), when given, enters the attention input only, never the residual stream
-    or the MLP. ``fast_path`` is handed to the attention: fused attention (True) or the explicit
+    or the MLP; ``rope`` (see :meth:`Attention.forward`), when given, rotates q and k. ``fast_path`` is handed to the attention: fused attention (True) or the explicit
     reference computation (False), the same function.
     """
 
@@ -122,12 +142,14 @@ class Block(nn.Module):
             self.gamma1 = nn.Parameter(torch.ones(dim))
             self.gamma2 = nn.Parameter(torch.ones(dim))
 
-    def forward(self, x: Tensor, grid: Tuple[int, int], pos: Optional[Tensor] = None) -> Tensor:
-        """``x``: ``(B, N, C)``; ``pos``: ``(1, N, C)`` or None -> ``(B, N, C)``."""
+    def forward(self, x: Tensor, grid: Tuple[int, int], pos: Optional[Tensor] = None,
+                rope: Optional[Tensor] = None) -> Tensor:
+        """``x``: ``(B, N, C)``; ``pos``: ``(1, N, C)`` or None; ``rope``: ``(M or 1, N_patch,
+        2 * d)`` or None -> ``(B, N, C)``."""
         y = self.norm1(x)
         if pos is not None:
             y = y + pos
-        y = self.attn(y, grid)
+        y = self.attn(y, grid, rope)
         x = x + self.drop_path(self.gamma1 * y if self.layer_scale else y)
         y = self.mlp(self.norm2(x))
         return x + self.drop_path(self.gamma2 * y if self.layer_scale else y)

@@ -86,7 +86,7 @@ class ViTAdapter(BaseModule):
 
     Args:
         pos_embed: ``dict(type=NAME, **options)``, NAME one of ``AbsolutePE`` (default), ``NoPE``,
-            ``PEG``, ``LaPE``, ``PVG``, ``MPVG``.
+            ``PEG``, ``LaPE``, ``PVG``, ``MPVG``, ``RoPEAxial``, ``RoPEMixed``.
         pretrain_size: image side of the pre-training (224): the learned PE table is 14x14.
         patch_size, embed_dim, depth, num_heads, mlp_ratio, qkv_bias, layer_scale: the ViT
             (any patch size; ``pretrain_size`` must be a multiple of it).
@@ -178,7 +178,8 @@ class ViTAdapter(BaseModule):
                                       dynamic_img_pad=False, strict_img_size=False,
                                       output_fmt='NHWC')
         self.pos_embed = build_pos_encoding(pos_embed, embed_dim=embed_dim, depth=depth,
-                                            pretrain_grid=self.pretrain_grid)
+                                            pretrain_grid=self.pretrain_grid,
+                                            num_heads=num_heads)
         self.pos_drop = nn.Dropout(drop_rate)
         dpr = torch.linspace(0, drop_path_rate, depth).tolist()
         self.blocks = nn.Sequential(*[
@@ -253,10 +254,11 @@ class ViTAdapter(BaseModule):
 
     # --------------------------------------------------------------- forward
     def _run_blocks(self, start: int, end: int, grid: Tuple[int, int],
-                    block_pos: List[Optional[Tensor]], x: Tensor) -> Tensor:
+                    block_pos: List[Optional[Tensor]], block_rope: List[Optional[Tensor]],
+                    x: Tensor) -> Tensor:
         for i in range(start, end + 1):
-            x = maybe_checkpoint(partial(self.blocks[i], grid=grid, pos=block_pos[i]), x,
-                                 enabled=self.with_cp)
+            x = maybe_checkpoint(partial(self.blocks[i], grid=grid, pos=block_pos[i],
+                                         rope=block_rope[i]), x, enabled=self.with_cp)
             x = self.pos_embed.after_block(i, x, grid)
         return x
 
@@ -311,10 +313,11 @@ class ViTAdapter(BaseModule):
             deform_inject, deform_extract = deform_inputs(grid, c_shapes, img.device)
         x = self.pos_drop(self.pos_embed.embed(x, grid))
         block_pos = self.pos_embed.block_pos(grid)
+        block_rope = self.pos_embed.block_rope(grid)
 
         vit_maps = []
         for layer, (start, end) in zip(self.interactions, self.interaction_indexes):
-            run_blocks = partial(self._run_blocks, start, end, grid, block_pos)
+            run_blocks = partial(self._run_blocks, start, end, grid, block_pos, block_rope)
             x, c = layer(x, c, run_blocks, deform_inject, deform_extract, c_shapes)
             vit_maps.append(x)
         vit_maps[-1] = self.pos_embed.final(vit_maps[-1], grid)

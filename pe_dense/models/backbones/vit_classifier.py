@@ -78,7 +78,8 @@ class PEViT(BaseModule):
             ``img_size / patch_size`` patches and is resampled (bicubic) for other input sizes.
         patch_size, in_channels: the patch embedding.
         pos_embed: ``dict(type=NAME, **options)``, NAME one of ``AbsolutePE`` (default),
-            ``NoPE``, ``PEG``, ``LaPE``, ``PVG``, ``MPVG`` (see the README for the equations).
+            ``NoPE``, ``PEG``, ``LaPE``, ``PVG``, ``MPVG``, ``RoPEAxial``, ``RoPEMixed`` (see the
+            README for the equations; the rotary methods leave the class token unrotated).
         pooling: ``'cls'``: a class token (with its own learned PE slot where the method has a
             table), its final token is the image feature (DeiT, LaPE); ``'gap'``: no class token,
             mean of the patch tokens (CPVT, PVG, MPVG). MPVG requires ``'gap'``.
@@ -139,7 +140,8 @@ class PEViT(BaseModule):
                           if self.num_prefix_tokens else None)
         self.pos_embed = build_pos_encoding(pos_embed, embed_dim=embed_dim, depth=depth,
                                             pretrain_grid=self.pretrain_grid,
-                                            num_prefix_tokens=self.num_prefix_tokens)
+                                            num_prefix_tokens=self.num_prefix_tokens,
+                                            num_heads=num_heads)
         pe_norm = self.pos_embed.replaces_final_norm
         if pe_norm and final_norm == 'after_pool':
             raise ValueError(
@@ -210,8 +212,9 @@ class PEViT(BaseModule):
             x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)
         x = self.pos_drop(self.pos_embed.embed(x, grid))  # (B, P + N, C)
         block_pos = self.pos_embed.block_pos(grid)
+        block_rope = self.pos_embed.block_rope(grid)
         for i, block in enumerate(self.blocks):
-            x = block(x, grid, pos=block_pos[i])
+            x = block(x, grid, pos=block_pos[i], rope=block_rope[i])
             x = self.pos_embed.after_block(i, x, grid)
         x = self.norm(self.pos_embed.final(x, grid))
         if self.pooling == 'cls':

@@ -6,6 +6,7 @@ from .mpvg import MPVG
 from .none import NoPE
 from .peg import PEG
 from .pvg import PVG
+from .rope import RoPEAxial, RoPEMixed
 
 __all__ = ['PositionEncoding', 'build_pos_encoding', 'AbsolutePE', 'NoPE', 'PEG', 'LaPE', 'PVG',
-           'MPVG']
+           'MPVG', 'RoPEAxial', 'RoPEMixed']

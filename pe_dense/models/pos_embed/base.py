@@ -5,8 +5,10 @@ The backbone calls a position encoding at four fixed places and nowhere else:
 1. :meth:`PositionEncoding.embed` on the patch tokens, right after the patch embedding;
 2. :meth:`PositionEncoding.block_pos` once per forward, for the PE added to each block's attention
    input (``x' = x + Attn(LN1(x) + pos_l)``);
-3. :meth:`PositionEncoding.after_block` on the tokens after each ViT block;
-4. :meth:`PositionEncoding.final` on the ViT tokens after the last interaction.
+3. :meth:`PositionEncoding.block_rope` once per forward, for a rotation of each block's queries
+   and keys after the qkv projection (rotary PE; the prefix tokens are not rotated);
+4. :meth:`PositionEncoding.after_block` on the tokens after each ViT block;
+5. :meth:`PositionEncoding.final` on the ViT tokens after the last interaction.
 
 Every hook defaults to "do nothing", so a method overrides only the places it acts at. Tokens are
 ``(B, P + N, C)``: ``P = num_prefix_tokens`` prefix tokens (a classifier's class token; none in
@@ -39,7 +41,7 @@ Grid = Tuple[int, int]
 
 
 class PositionEncoding(nn.Module):
-    """Base class: a position encoding that does nothing at any of the four places.
+    """Base class: a position encoding that does nothing at any of the five places.
 
     Args:
         embed_dim: token channels C.
@@ -47,6 +49,8 @@ class PositionEncoding(nn.Module):
         pretrain_grid: patch grid (H, W) of the pre-training resolution (14x14 for 224 / 16).
         num_prefix_tokens: tokens in front of the patch tokens (1 for a class token, 0 in
             ViT-Adapter).
+        num_heads: attention heads of the blocks (given by the backbone; the rotary methods need
+            it, None where unknown).
 
     Attributes:
         cache_grid_tensors: whether :meth:`cached` memoises (set by the backbone's ``fast_path``).
@@ -57,7 +61,7 @@ class PositionEncoding(nn.Module):
     replaces_final_norm = False
 
     def __init__(self, *, embed_dim: int, depth: int, pretrain_grid: Grid = (14, 14),
-                 num_prefix_tokens: int = 0) -> None:
+                 num_prefix_tokens: int = 0, num_heads: Optional[int] = None) -> None:
         super().__init__()
         if num_prefix_tokens < 0:
             raise ValueError(f'num_prefix_tokens must be >= 0, got {num_prefix_tokens}')
@@ -65,6 +69,7 @@ class PositionEncoding(nn.Module):
         self.depth = depth
         self.pretrain_grid = tuple(pretrain_grid)
         self.num_prefix_tokens = num_prefix_tokens
+        self.num_heads = num_heads
         self.cache_grid_tensors = False
         self._grid_cache = GridCache()
 
@@ -93,6 +98,14 @@ class PositionEncoding(nn.Module):
     def block_pos(self, grid: Grid) -> List[Optional[Tensor]]:
         """PE added to the attention input of each block: ``depth`` entries, each
         ``(1, P + N, C)`` or None."""
+        return [None] * self.depth
+
+    def block_rope(self, grid: Grid) -> List[Optional[Tensor]]:
+        """Rotation of the queries and keys in each block's attention: ``depth`` entries, each
+        None or ``(M or 1, N, 2 * d)`` (M heads of d channels, N = H * W patch tokens in row-major
+        order): the sines, then the cosines, of each channel pair's angle, each repeated for the
+        pair's two channels (timm's ``apply_rot_embed_cat`` layout, pairs ``(2i, 2i + 1)``).
+        Prefix tokens are not rotated."""
         return [None] * self.depth
 
     def after_block(self, index: int, x: Tensor, grid: Grid) -> Tensor:
@@ -221,7 +234,7 @@ def fit_table(table: Tensor, grid: Grid, num_prefix_tokens: int = 0
 
 def build_pos_encoding(cfg: dict, **defaults) -> PositionEncoding:
     """Builds a position encoding from ``dict(type=NAME, **options)`` with ``POS_ENCODINGS.build``;
-    ``defaults`` (embed_dim, depth, pretrain_grid, num_prefix_tokens) come from the backbone.
+    ``defaults`` (embed_dim, depth, pretrain_grid, num_prefix_tokens, num_heads) come from the backbone.
     ``NAME`` is a registered name, plain (``'MPVG'``) or scoped (``'pe_dense.MPVG'``), or a
     :class:`PositionEncoding` subclass. Unknown names or options raise an error that lists the
     valid ones.
