@@ -32,8 +32,8 @@ def parse_args(argv=None):
     parser.add_argument('dst', help='where to write the pe-dense checkpoint')
     parser.add_argument('--pos-embed', default=None,
                         help='position encoding the checkpoint is for (AbsolutePE, NoPE, PEG, '
-                        'LaPE, PVG, MPVG); default: the one recorded in a pe-dense file, '
-                        'else AbsolutePE')
+                        'LaPE, PVG, MPVG, RoPEAxial, RoPEMixed); default: the one recorded in '
+                        'a pe-dense file, else AbsolutePE')
     parser.add_argument('--config', help='an mmdet/mmseg config whose model.backbone gives the '
                         'architecture (default: ViT-Adapter-Ti)')
     parser.add_argument('--backbone-only', action='store_true',

@@ -32,7 +32,7 @@ from functools import partial
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 METHODS = {'abs': 'AbsolutePE', 'none': 'NoPE', 'peg': 'PEG', 'lape': 'LaPE', 'pvg': 'PVG',
-           'mpvg': 'MPVG'}
+           'mpvg': 'MPVG', 'rope-axial': 'RoPEAxial', 'rope-mixed': 'RoPEMixed'}
 PRETRAIN = 'configs/mini/deit-ti-{}_mini.py'
 DET = 'configs/mini/mask-rcnn_vit-adapter-ti-{}_fpn_mini.py'
 SEG = 'configs/mini/upernet_vit-adapter-ti-{}_mini.py'

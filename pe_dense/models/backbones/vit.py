@@ -122,8 +122,9 @@ class Block(nn.Module):
     ``x' = x + gamma1 * Attn(LN1(x) [+ pos])``, ``x'' = x' + gamma2 * MLP(LN2(x'))``.
 
     ``pos`` (``(1, N, C)``), when given, enters the attention input only, never the residual stream
-    or the MLP; ``rope`` (see :meth:`Attention.forward`), when given, rotates q and k. ``fast_path`` is handed to the attention: fused attention (True) or the explicit
-    reference computation (False), the same function.
+    or the MLP; ``rope`` (see :meth:`Attention.forward`), when given, rotates q and k.
+    ``fast_path`` is handed to the attention: fused attention (True) or the explicit reference
+    computation (False), the same function.
     """
 
     def __init__(self, dim: int, num_heads: int, *, mlp_ratio: float = 4.0, qkv_bias: bool = True,

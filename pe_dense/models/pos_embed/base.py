@@ -234,7 +234,8 @@ def fit_table(table: Tensor, grid: Grid, num_prefix_tokens: int = 0
 
 def build_pos_encoding(cfg: dict, **defaults) -> PositionEncoding:
     """Builds a position encoding from ``dict(type=NAME, **options)`` with ``POS_ENCODINGS.build``;
-    ``defaults`` (embed_dim, depth, pretrain_grid, num_prefix_tokens, num_heads) come from the backbone.
+    ``defaults`` (embed_dim, depth, pretrain_grid, num_prefix_tokens, num_heads) come from the
+    backbone.
     ``NAME`` is a registered name, plain (``'MPVG'``) or scoped (``'pe_dense.MPVG'``), or a
     :class:`PositionEncoding` subclass. Unknown names or options raise an error that lists the
     valid ones.
