@@ -8,15 +8,18 @@ import torch
 from mmengine.config import Config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-METHODS = {'abs': 'AbsolutePE', 'peg': 'PEG', 'lape': 'LaPE', 'pvg': 'PVG', 'mpvg': 'MPVG'}
+METHODS = {'abs': 'AbsolutePE', 'peg': 'PEG', 'lape': 'LaPE', 'pvg': 'PVG', 'mpvg': 'MPVG',
+           'rope-axial': 'RoPEAxial', 'rope-mixed': 'RoPEMixed'}
 CHECKPOINTS = {'abs': 'pretrained/deit_tiny_patch16_224-a1311bcf.pth',
                'peg': 'pretrained/deit-ti_peg_in1k.pth', 'lape': 'pretrained/deit-ti_lape_in1k.pth',
-               'pvg': 'pretrained/deit-ti_pvg_in1k.pth', 'mpvg': 'pretrained/deit-ti_mpvg_in1k.pth'}
+               'pvg': 'pretrained/deit-ti_pvg_in1k.pth', 'mpvg': 'pretrained/deit-ti_mpvg_in1k.pth',
+               'rope-axial': 'pretrained/deit-ti_rope-axial_in1k.pth',
+               'rope-mixed': 'pretrained/deit-ti_rope-mixed_in1k.pth'}
 
 
 def configs(pattern):
     found = sorted(glob.glob(os.path.join(ROOT, 'configs', pattern)))
-    assert len(found) == 5, found
+    assert len(found) == len(METHODS), found
     return found
 
 

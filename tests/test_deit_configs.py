@@ -9,9 +9,11 @@ from mmengine.config import Config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 METHODS = {'abs': ('AbsolutePE', 'cls'), 'peg': ('PEG', 'gap'), 'lape': ('LaPE', 'cls'),
-           'pvg': ('PVG', 'gap'), 'mpvg': ('MPVG', 'gap')}
+           'pvg': ('PVG', 'gap'), 'mpvg': ('MPVG', 'gap'), 'rope-axial': ('RoPEAxial', 'cls'),
+           'rope-mixed': ('RoPEMixed', 'cls')}
 ARCHS = {'ti': ('tiny', 192), 's': ('small', 384), 'b': ('base', 768)}
-NAMES = ['ti-abs', 'ti-peg', 'ti-lape', 'ti-pvg', 'ti-mpvg', 's-abs', 's-mpvg', 'b-abs', 'b-mpvg']
+NAMES = ['ti-abs', 'ti-peg', 'ti-lape', 'ti-pvg', 'ti-mpvg', 'ti-rope-axial', 'ti-rope-mixed',
+         's-abs', 's-mpvg', 'b-abs', 'b-mpvg']
 CONFIGS = [f'deit-{n}_4xb256-300e_in1k.py' for n in NAMES]
 # Parameters of timm's deit_{tiny,small,base}_patch16_224 (1000-class head included).
 DEIT_PARAMS = {'tiny': 5_717_416, 'small': 22_050_664, 'base': 86_567_656}
@@ -35,7 +37,7 @@ def find(pipeline, type_name):
 @pytest.mark.parametrize('name', CONFIGS)
 def test_deit_recipe(name):
     cfg = load(name)
-    size, method = name.split('_')[0].split('-')[1:3]
+    size, method = name.split('_')[0].split('-', 2)[1:3]
     arch, channels = ARCHS[size]
     pe, pooling = METHODS[method]
     assert cfg.custom_imports == dict(imports=['pe_dense'], allow_failed_imports=False)
@@ -105,11 +107,14 @@ def test_model_builds_in_mmpretrain_scope(name, mmpretrain_scope):
     model = mmpretrain_scope.build(cfg.model)
     arch, c = ARCHS[name.split('-')[1]]
     # Against DeiT: a class token and its PE slot (c each), the 14x14 table, the PE LayerNorms
-    # (2c each), PEG's depth-wise 3x3 conv with bias; MPVG's last_norm replaces DeiT's norm.
+    # (2c each), PEG's depth-wise 3x3 conv with bias; MPVG's last_norm replaces DeiT's norm;
+    # RoPE has no table (the class slot and 196 positions, c each), RoPE-Mixed has per block
+    # (2, heads, head_dim / 2) frequencies, c numbers.
     extra = {'abs': 0, 'peg': -2 * c - 196 * c + 10 * c, 'lape': 12 * 2 * c,
-             'pvg': -2 * c + 11 * 2 * c, 'mpvg': -2 * c + (11 + 1) * 2 * c}
+             'pvg': -2 * c + 11 * 2 * c, 'mpvg': -2 * c + (11 + 1) * 2 * c,
+             'rope-axial': -197 * c, 'rope-mixed': -197 * c + 12 * c}
     n = sum(p.numel() for p in model.parameters())
-    assert n == DEIT_PARAMS[arch] + extra[name.split('_')[0].split('-')[2]]
+    assert n == DEIT_PARAMS[arch] + extra[name.split('_')[0].split('-', 2)[2]]
     model.eval()
     with torch.no_grad():
         logits = model(torch.randn(1, 3, 224, 224), mode='tensor')
@@ -117,7 +122,8 @@ def test_model_builds_in_mmpretrain_scope(name, mmpretrain_scope):
 
 
 @pytest.mark.parametrize('name', ['deit-ti-peg_4xb256-300e_in1k.py',
-                                  'deit-ti-mpvg_4xb256-300e_in1k.py'])
+                                  'deit-ti-mpvg_4xb256-300e_in1k.py',
+                                  'deit-ti-rope-mixed_4xb256-300e_in1k.py'])
 def test_no_weight_decay_on_any_pe_parameter_class_token_norm_or_bias(name, mmpretrain_scope):
     from mmengine.optim import build_optim_wrapper
     cfg = load(name)

@@ -22,7 +22,7 @@ from pe_dense.models import ViTAdapter
 # The ADE20K 160k settings of ViT-Adapter.
 LR, WD, RATE, DEPTH = 12e-5, 0.01, 0.95, 12
 NAME = 'ViTAdapterLayerDecayOptimizerConstructor'
-METHODS = ('AbsolutePE', 'NoPE', 'PEG', 'LaPE', 'PVG', 'MPVG')
+METHODS = ('AbsolutePE', 'NoPE', 'PEG', 'LaPE', 'PVG', 'MPVG', 'RoPEMixed')
 
 
 class Segmentor(nn.Module):
@@ -83,6 +83,9 @@ PUBLISHED_PE = {
              'backbone.pos_embed.last_norm.bias': (1.0, 0.0),
              'backbone.pos_embed.last_pe_norm.weight': (1.0, 0.0),
              'backbone.pos_embed.last_pe_norm.bias': (1.0, 0.0)},
+    # rope-vit: frequencies in no_weight_decay; block l's go with block l (scale of id l + 1).
+    'RoPEMixed': {f'backbone.pos_embed.freqs.{block}': (RATE ** (12 - block), 0.0)
+                  for block in range(12)},
 }
 # Parameters every method has, (scale, weight decay) by the same rule.
 COMMON = {
@@ -185,6 +188,9 @@ def test_layer_ids():
         get_layer_id('backbone.blocks.12.mlp.fc1.weight', 12)
     with pytest.raises(ValueError, match='block 12.*num_layers is 12'):
         get_layer_id('backbone.pos_embed.norms.12.weight', 12)
+    assert get_layer_id('backbone.pos_embed.freqs.0', 12) == 1
+    assert get_layer_id('backbone.pos_embed.freqs.11', 12) == 12
+    assert get_layer_id('backbone.pos_embed.freqs.11', 12, 'exempt') == 0
 
 
 @pytest.mark.parametrize('scope', ['mmdet', 'mmseg'])
