@@ -120,7 +120,7 @@ def test_logits_depend_only_on_offsets(method):
         n = grid[0] * grid[1]
         qkv = block.attn.qkv(block.norm1(token.expand(1, n, 48)))
         qkv = block.attn._rotate(qkv, pe.block_rope(grid)[1]).view(1, n, 3, 3, 16)
-        logits = torch.einsum('bthd,bshd->hts', qkv[0, :, 0:1], qkv[0, :, 1:2]).double()
+        logits = torch.einsum('thd,shd->hts', qkv[0, :, 0], qkv[0, :, 1]).double()
         for t in range(n):
             for s in range(n):
                 off = (t % grid[1] - s % grid[1], t // grid[1] - s // grid[1])
