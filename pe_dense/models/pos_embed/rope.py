@@ -97,8 +97,11 @@ class RotaryPE(LearnedTable):
     def coordinates(self, grid: Grid, device: torch.device) -> tuple:
         """``(x, y)``, each ``(H*W,)`` float32, of the patch tokens in row-major order."""
         h, w = grid
-        t = torch.arange(h * w, device=device)
-        x, y = (t % w).float(), torch.div(t, w, rounding_mode='floor').float()
+        # x = t mod W, y = t div W for token t, built from the two axes (no modulo, which ONNX
+        # export of a free grid size does not take).
+        y, x = torch.meshgrid(torch.arange(h, device=device, dtype=torch.float32),
+                              torch.arange(w, device=device, dtype=torch.float32), indexing='ij')
+        x, y = x.reshape(-1), y.reshape(-1)
         if self.coords == 'rescale':
             x = x * (self.pretrain_grid[1] / w)
             y = y * (self.pretrain_grid[0] / h)
