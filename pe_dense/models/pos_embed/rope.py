@@ -26,7 +26,9 @@ keys ``pos_embed.weight`` and, with a class token, ``pos_embed.prefix_weight``, 
 
 Windowed attention (ViT-Adapter's detection blocks) rotates q and k before the windows are cut,
 so each token keeps its global coordinates on the whole grid; inside a window the offsets between
-tokens, and so the attention logits, are exactly those of the global grid.
+tokens, and so the attention logits, are exactly those of the global grid. (Since the logits
+depend only on offsets, coordinates local to each window would give the same attention; the
+zero q and k of the padded positions stay zero under any rotation.)
 """
 from __future__ import annotations
 
