@@ -282,3 +282,31 @@ def test_onnx_export_parity_through_the_tool(tmp_path):
     for c in checks:
         assert all(d <= deploy.RTOL * v + deploy.ATOL
                    for d, v in zip(c['max_abs_diff'], c['max_abs_value']))
+
+
+@pytest.mark.parametrize('name, scope', [
+    # the 1x schedule inherits the 3x one's custom_keys, so it stands for both
+    ('mask_rcnn/mask-rcnn_vit-adapter-ti-rope-mixed_fpn_8xb2-1x_coco.py', 'mmdet'),
+    ('upernet/upernet_vit-adapter-ti-rope-mixed_4xb2-160k_ade20k-512x512.py', 'mmseg')])
+def test_dense_configs_keep_the_frequencies_out_of_weight_decay(name, scope):
+    """The RoPE-Mixed dense configs' optimizers, as its runner builds it: each block's
+    frequencies without weight decay (rope-vit), the attention weights of the blocks decayed."""
+    from mmengine.config import Config
+    from mmengine.optim import build_optim_wrapper
+    from mmengine.registry import MODELS, DefaultScope, init_default_scope
+    init_default_scope(scope)
+    cfg = Config.fromfile(os.path.join(ROOT, 'configs', name))
+    cfg.model.backbone.init_cfg = None
+    # The UperNet configs train with fp16 (AmpOptimWrapper, GPU only); the parameter groups come
+    # from the same constructor and paramwise_cfg with a plain wrapper.
+    wrapper = dict(cfg.optim_wrapper, type='OptimWrapper')
+    wrapper.pop('loss_scale', None)
+    with DefaultScope.overwrite_default_scope(scope):
+        model = MODELS.build(cfg.model)
+        optim = build_optim_wrapper(model, wrapper)
+    decay = {id(p): g['weight_decay'] for g in optim.optimizer.param_groups for p in g['params']}
+    params = dict(model.named_parameters())
+    freqs = [n for n in params if n.startswith('backbone.pos_embed.freqs.')]
+    assert len(freqs) == 12
+    assert all(decay[id(params[n])] == 0.0 for n in freqs)
+    assert decay[id(params['backbone.blocks.3.attn.qkv.weight'])] > 0
