@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from helpers import assert_close_to_scale, randomize
 
-from pe_dense.checkpoint import load_backbone_checkpoint
+from pe_dense.checkpoint import guess_pos_embed, load_backbone_checkpoint
 from pe_dense.models import PEViT, ViTAdapter
 from pe_dense.models.backbones.vit import Block
 from pe_dense.models.pos_embed import build_pos_encoding
@@ -261,6 +261,7 @@ def test_classifier_checkpoint_into_adapter_uses_every_weight(tmp_path):
             assert torch.equal(theirs[k], v), k
     assert [k for k in theirs if k.startswith('pos_embed.')] == [
         f'pos_embed.freqs.{i}' for i in range(4)]
+    assert guess_pos_embed(clf.state_dict()) == 'RoPEMixed'
 
 
 def test_onnx_export_parity_through_the_tool(tmp_path):
