@@ -102,6 +102,10 @@ def test_pipeline_scale_is_the_configured_scale_times_the_factor(data):
         assert sample.img_shape == expected[::-1] and sample.ori_shape == (SIZE, SIZE)
         # the ground truth is not resized
         assert tuple(sample.gt_sem_seg.data.shape[-2:]) == (SIZE, SIZE)
+        if factor == 1.0:  # the configured Resize leaves the 128 x 128 images as they are
+            import mmcv
+            image = mmcv.imread(sample.img_path)
+            assert torch.equal(dataset[0]['inputs'], torch.from_numpy(image).permute(2, 0, 1))
     # the configuration itself is left as it was
     assert tuple(cfg.test_dataloader.dataset.pipeline[1]['scale']) == (128, 128)
     # an mmdet Resize with a (w, h) scale of another aspect, and a scale_factor-only Resize
