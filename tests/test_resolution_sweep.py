@@ -136,11 +136,10 @@ def test_segmentor_sees_the_scaled_images(data, seg_ckpt, tmp_path, monkeypatch)
 def test_detector_sees_the_scaled_images(data, tmp_path, monkeypatch):
     ckpt = random_checkpoint(DET, tmp_path / 'det.pth')
     seen = spy_backbone(monkeypatch)
-    factors = [0.5, 1.5]
-    result = resolution_sweep(DET, ckpt, factors, cfg_options=det_options(data),
+    result = resolution_sweep(DET, ckpt, [0.5], cfg_options=det_options(data),
                               work_dir=str(tmp_path))
-    # keep_ratio on square images: 64 and 192 pixels, multiples of the pad divisor 32
-    assert seen == [(64, 64), (192, 192)]
+    # keep_ratio on square images: 64 pixels, a multiple of the pad divisor 32
+    assert seen == [(64, 64)]
     assert result['task'] == 'det'
     for row in result['rows']:
         assert {'coco/bbox_mAP', 'coco/segm_mAP'} <= set(row['metrics'])

@@ -157,7 +157,11 @@ def test_main_job_runs_and_writes_the_table(tmp_path):
         assert following[2].startswith(line), following[:3]
     sweep_dir = work_dir / 'mpvg_seg_pretrained' / 'sweep'
     assert (sweep_dir / 'sweep.png').read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
-    assert json.loads((sweep_dir / 'sweep.json').read_text())['rows'] == sweep
+    swept = json.loads((sweep_dir / 'sweep.json').read_text())
+    assert swept['rows'] == sweep
+    # of the checkpoint that the pre-trained UperNet run saved (its mIoU may be 0 at 2 iterations)
+    assert swept['checkpoint'] == str(work_dir / 'mpvg_seg_pretrained' / 'iter_2.pth')
+    assert swept['config'] == 'configs/mini/upernet_vit-adapter-ti-mpvg_mini.py'
     assert proc.stdout.count('every ViT and PE weight loaded') == 2
     # library deprecation warnings are filtered out of what the job prints
     assert 'Warning' not in proc.stdout + proc.stderr
