@@ -141,6 +141,27 @@ def test_main_job_runs_and_writes_the_table(tmp_path):
                                  'mask-rcnn_vit-adapter-ti-mpvg_fpn_mini.py'))
     assert dumped.param_scheduler[1].end == 2 and dumped.param_scheduler[1].T_max == 2
     assert '[mini] MPVG det (pre-trained): box AP' in proc.stdout
+    # the pre-trained segmentor evaluated at 0.5x, 1x and 2x of the test resolution; its 1x row
+    # is the end-of-training evaluation of the same checkpoint
+    sweep = pretrained['sweep']
+    assert [(r['scale'], r['resize']) for r in sweep] == [(0.5, [64, 64]), (1.0, [128, 128]),
+                                                          (2.0, [256, 256])]
+    assert abs(sweep[1]['metrics']['mIoU'] - pretrained['mIoU']) <= 1e-6
+    assert pretrained['sweep_seconds'] > 0 and 'sweep' not in random
+    line = (f"| MPVG | pre-trained | {sweep[0]['metrics']['mIoU']:.2f} | "
+            f"{sweep[1]['metrics']['mIoU']:.2f} | {sweep[2]['metrics']['mIoU']:.2f} | ")
+    title = '| method | backbone init | mIoU at 0.5x | mIoU at 1x | mIoU at 2x | time |'
+    for text in (proc.stdout, (work_dir / 'results.md').read_text()):
+        assert 'UperNet (pre-trained) at other test resolutions' in text
+        following = text.split(title, 1)[1].splitlines()
+        assert following[2].startswith(line), following[:3]
+    sweep_dir = work_dir / 'mpvg_seg_pretrained' / 'sweep'
+    assert (sweep_dir / 'sweep.png').read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
+    swept = json.loads((sweep_dir / 'sweep.json').read_text())
+    assert swept['rows'] == sweep
+    # of the checkpoint that the pre-trained UperNet run saved (its mIoU may be 0 at 2 iterations)
+    assert swept['checkpoint'] == str(work_dir / 'mpvg_seg_pretrained' / 'iter_2.pth')
+    assert swept['config'] == 'configs/mini/upernet_vit-adapter-ti-mpvg_mini.py'
     assert proc.stdout.count('every ViT and PE weight loaded') == 2
     # library deprecation warnings are filtered out of what the job prints
     assert 'Warning' not in proc.stdout + proc.stderr

@@ -12,8 +12,10 @@ again (tested). Per method: the classifier (``configs/mini/deit-ti-{m}_mini.py``
 the detector and the segmentor are trained twice, from ``init_cfg=dict(type='Pretrained',
 checkpoint=<that classifier's checkpoint>)`` and from random initialisation. The loader's log line
 of each pre-trained run is checked: a ViT or PE weight missing from it stops the job. A baseline
-row evaluates the untrained AbsolutePE models with ``tools/test.py``. The table goes to the
-terminal and to ``<work-dir>/results.md`` and ``results.json``.
+row evaluates the untrained AbsolutePE models with ``tools/test.py``. Each pre-trained segmentor
+is then evaluated at several test resolutions (``tools/resolution_sweep.py``, ``--sweep-scales``,
+default 0.5 1.0 2.0 of the 128 x 128 images). The tables go to the terminal and to
+``<work-dir>/results.md`` and ``results.json``.
 """
 import argparse
 import builtins
@@ -182,6 +184,36 @@ def untrained_checkpoint(config, path):
                    capture_output=True, env=subprocess_env())
 
 
+def sweep_stage(config, checkpoint, work_dir, scales, label):
+    """Evaluates ``checkpoint`` at the test-resolution factors ``scales`` with
+    ``tools/resolution_sweep.py`` (files in ``work_dir``); returns (its rows from ``sweep.json``,
+    wall-clock seconds, CPU seconds)."""
+    os.makedirs(work_dir, exist_ok=True)
+    seconds, cpu = run([sys.executable, 'tools/resolution_sweep.py', config, checkpoint,
+                        '--scales', *map(str, scales), '--work-dir', work_dir, '--out', work_dir],
+                       f'{label} sweep', osp.join(work_dir, 'sweep.log'))
+    with open(osp.join(work_dir, 'sweep.json')) as f:
+        return json.load(f)['rows'], seconds, cpu
+
+
+def sweep_table(rows):
+    """The Markdown table of mIoU against the test-resolution factor, one row per segmentor
+    that was swept ('' if none)."""
+    swept = [r for r in rows if r.get('sweep')]
+    if not swept:
+        return ''
+    scales = [s['scale'] for s in swept[0]['sweep']]
+    lines = ['| method | backbone init | ' + ' | '.join(f'mIoU at {s:g}x' for s in scales)
+             + ' | time |',
+             '|---|---|' + '---|' * (len(scales) + 1)]
+    for r in swept:
+        by_scale = {s['scale']: s['metrics']['mIoU'] for s in r['sweep']}
+        lines.append(f"| {r['method']} | {r['init']} | "
+                     + ' | '.join(_number(by_scale.get(s), '.2f') for s in scales)
+                     + f" | {r['sweep_seconds']:.0f} s |")
+    return '\n'.join(lines)
+
+
 def _number(value, fmt):
     return '-' if value is None else format(value, fmt)
 
@@ -233,7 +265,14 @@ def dense_stage(short, kind, args, iters, pretrain, done):
             f'{metrics["coco/segm_mAP"]:.3f} ({seconds:.0f} s)')
     else:
         say(f'{label}: mIoU {metrics["mIoU"]:.2f} ({seconds:.0f} s)')
-    return dict(metrics, **{f'{kind}_seconds': seconds, f'{kind}_cpu_seconds': cpu})
+    result = dict(metrics, **{f'{kind}_seconds': seconds, f'{kind}_cpu_seconds': cpu})
+    if kind == 'seg' and checkpoint and args.sweep_scales:
+        swept, seconds, cpu = sweep_stage(config, osp.join(work_dir, f'iter_{iters}.pth'),
+                                          osp.join(work_dir, 'sweep'), args.sweep_scales, label)
+        result.update(sweep=swept, sweep_seconds=seconds, sweep_cpu_seconds=cpu)
+        say(f'{label}: mIoU at test resolution ' + ', '.join(
+            f"{s['scale']:g}x {s['metrics']['mIoU']:.2f}" for s in swept) + f' ({seconds:.0f} s)')
+    return result
 
 
 def baseline_stage(args, done):
@@ -299,6 +338,10 @@ def main():
                         help='runs at the same time, each with CPU cores / JOBS threads unless '
                         'OMP_NUM_THREADS is set (default: 2)')
     parser.add_argument('--work-dir', default='work_dirs/mini')
+    parser.add_argument('--sweep-scales', nargs='*', type=float, default=[0.5, 1.0, 2.0],
+                        help='test-resolution factors at which each pre-trained segmentor is '
+                        'evaluated (tools/resolution_sweep.py; default: 0.5 1.0 2.0; none: no '
+                        'sweep)')
     parser.add_argument('--skip-baseline', action='store_true',
                         help='do not evaluate the untrained models')
     args = parser.parse_args()
@@ -306,6 +349,8 @@ def main():
     for flag in ('pretrain_iters', 'det_iters', 'seg_iters', 'jobs'):
         if getattr(args, flag) is not None and getattr(args, flag) < 1:
             parser.error(f'--{flag.replace("_", "-")} must be at least 1')
+    if any(not s > 0 for s in args.sweep_scales):
+        parser.error('--sweep-scales must all be > 0 (1.0: the configured test resolution)')
     os.environ.setdefault('OMP_NUM_THREADS', str(max(1, (os.cpu_count() or 1) // args.jobs)))
     os.chdir(ROOT)
     args.work_dir = osp.abspath(args.work_dir)
@@ -353,6 +398,10 @@ def main():
         row['bbox_mAP'] = row.pop('coco/bbox_mAP')
         row['segm_mAP'] = row.pop('coco/segm_mAP')
     text = table(rows)
+    swept = sweep_table(rows)
+    if swept:
+        text += ('\n\nUperNet (pre-trained) at other test resolutions (factor of the 128 x 128 '
+                 'images; tools/resolution_sweep.py):\n\n' + swept)
     print('\n' + text)
     with open(osp.join(args.work_dir, 'results.md'), 'w') as f:
         f.write(text + '\n')

@@ -26,8 +26,11 @@ train_pipeline = [
     dict(type='RandomFlip', prob=0.5),
     dict(type='PackSegInputs'),
 ]
+# The Resize at the images' own 128 x 128 leaves them as they are; tools/resolution_sweep.py
+# scales it to evaluate at other resolutions (the ground truth, loaded after it, stays at 128).
 test_pipeline = [
     dict(type='LoadImageFromFile'),
+    dict(type='Resize', scale=(128, 128), keep_ratio=True),
     dict(type='LoadAnnotations', reduce_zero_label=True),
     dict(type='PackSegInputs'),
 ]
