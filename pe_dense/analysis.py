@@ -24,7 +24,9 @@ row-major order, ``C`` channels:
     when the method's ``embed`` adds it to the patch tokens (AbsolutePE, PVG, MPVG). That PE is
     part of ``x_0``; it is not counted again at later blocks, where it is mixed into the tokens;
   * none otherwise: NoPE and PEG have no PE tensor at all (PEG's convolution output depends on the
-    image), and AbsolutePE has none after block 0. Such layers report NaN.
+    image), nor have RoPEAxial and RoPEMixed (a rotation of q and k, not a tensor added to the
+    tokens; with ``with_ape`` their table counts at block 0), and AbsolutePE has none after
+    block 0. Such layers report NaN.
 
   The attention input actually seen by each block is checked against ``t_l + block_pos[l]``, so a
   backbone wired differently is an error rather than a wrong number.
@@ -103,7 +105,9 @@ def layer_pos_embeds(pos_embed: nn.Module, grid: Grid) -> List[Tuple[Optional[Te
     out = []
     for pos in pos_embed.block_pos(grid):
         out.append((pos[0, prefix:].detach(), 'block') if pos is not None else (None, 'none'))
-    if out[0][0] is None and hasattr(pos_embed, 'table'):
+    # A learned table: AbsolutePE, PVG, MPVG, LaPE; the rotary methods hold one only with
+    # with_ape (their rotation of q and k is no additive tensor and is not analysed).
+    if out[0][0] is None and isinstance(getattr(pos_embed, 'weight', None), torch.Tensor):
         table = pos_embed.table(grid)
         if torch.equal(pos_embed.embed(torch.zeros_like(table), grid), table):
             out[0] = (table[0, prefix:].detach(), 'input')

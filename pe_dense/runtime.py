@@ -11,7 +11,10 @@ set-up for the project's tools.
    to trust a file.
 2. Distributed training on CPU. mmengine's ``init_dist`` calls ``torch.cuda.set_device`` and its
    DDP wrapper passes ``device_ids``, both of which fail without a GPU; :func:`setup_distributed`
-   starts a gloo process group first and wraps without device ids.
+   starts a gloo process group first and wraps without device ids. :func:`finish_distributed`
+   ends the process group before the interpreter exits: a gloo (or NCCL) group left to the
+   interpreter's shutdown can abort a rank ("terminate called without an active exception",
+   SIGABRT) after its work is done, which fails the whole torchrun job.
 
 :func:`add_run_args` and :func:`load_run_config` are the command-line pieces that
 ``tools/train.py`` and ``tools/test.py`` share.
@@ -58,6 +61,16 @@ def setup_distributed(cfg, launcher: str) -> None:
     elif launcher != 'pytorch':
         raise RuntimeError(f'launcher {launcher!r} without CUDA is not supported; use torchrun '
                            '(--launcher pytorch) with the gloo backend')
+
+
+def finish_distributed() -> None:
+    """Waits for every rank (a barrier) and destroys the default process group, if one was
+    started; call it after a run's work has ended without error (a rank that raised must not
+    wait at the barrier). Does nothing without a process group."""
+    import torch.distributed as dist
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
 
 
 def add_run_args(parser: argparse.ArgumentParser) -> None:

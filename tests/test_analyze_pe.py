@@ -32,7 +32,8 @@ def tiny_backbone(method, seed=0):
     """A narrow 12-block backbone (48 channels) on a 4x4 grid (64x64 pre-training size and
     input): the analysis does not depend on the width, and this keeps the tests fast."""
     torch.manual_seed(seed)
-    return ViTAdapter(pos_embed=dict(type=method), pretrain_size=64, embed_dim=DIM,
+    pos_embed = method if isinstance(method, dict) else dict(type=method)
+    return ViTAdapter(pos_embed=pos_embed, pretrain_size=64, embed_dim=DIM,
                       conv_inplane=16, drop_path_rate=0.0).eval()
 
 
@@ -122,6 +123,9 @@ def test_planted_correlation_in_pvg_backbone():
     ('MPVG', ['input'] + ['block'] * 11),
     ('NoPE', ['none'] * 12),
     ('PEG', ['none'] * 12),
+    ('RoPEAxial', ['none'] * 12),
+    ('RoPEMixed', ['none'] * 12),
+    (dict(type='RoPEMixed', with_ape=True), ['input'] + ['none'] * 11),
 ])
 def test_which_pe_enters_which_layer(method, sources):
     stats = collect_layer_stats(tiny_backbone(method), images(1))

@@ -18,8 +18,9 @@ mean_abs_pe), ``pe_correlation.png`` (correlation and magnitudes per layer), ``p
 (tokens x channels of the mean LN1(x_l) and of pos_l for the chosen layers) and
 ``pe_similarity.png`` (cosine similarity of every position's PE with every other, as in the ViT
 paper); ``--suffix NAME`` makes them ``pe_analysis_NAME.csv`` etc. The definitions are in
-:mod:`pe_dense.analysis`. NoPE and PEG have no PE tensor: their correlations are NaN and the
-correlation and similarity figures are skipped.
+:mod:`pe_dense.analysis`. NoPE, PEG and the rotary methods (without ``with_ape``) have no PE
+tensor added to the tokens: their correlations are NaN and the correlation and similarity figures
+are skipped.
 """
 from __future__ import annotations
 
@@ -47,7 +48,7 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser.add_argument('--size', nargs=2, type=int, default=(512, 512), metavar=('H', 'W'),
                         help='resize the images to H x W pixels (default 512 512)')
     parser.add_argument('--method', help='position encoding replacing pos_embed.type (AbsolutePE, '
-                        'NoPE, PEG, LaPE, PVG, MPVG)')
+                        'NoPE, PEG, LaPE, PVG, MPVG, RoPEAxial, RoPEMixed)')
     parser.add_argument('--sim-layer', type=int, help='layer whose PE the similarity figure '
                         'shows (default: the first layer with a PE)')
     parser.add_argument('--heatmap-layers', nargs='+', type=int, default=(0, 5, 11),

@@ -76,7 +76,7 @@ if ROOT not in sys.path:
 
 from pe_dense.models import ViTAdapter  # noqa: E402
 
-METHODS = ('AbsolutePE', 'NoPE', 'PEG', 'LaPE', 'PVG', 'MPVG')
+METHODS = ('AbsolutePE', 'NoPE', 'PEG', 'LaPE', 'PVG', 'MPVG', 'RoPEAxial', 'RoPEMixed')
 DEFAULT_SIZES = ('512x512', '1024x1024', '1333x800')
 # --amp choices: the autocast dtype (None: no autocast, float32 throughout).
 AMP_DTYPES = {'off': None, 'fp16': torch.float16, 'bf16': torch.bfloat16}

@@ -2,8 +2,8 @@
 the CPU, end to end: ImageNet-style pre-training -> Mask R-CNN and UperNet fine-tuned from that
 checkpoint, and the same fine-tuning from random initialisation beside it, and a results table.
 
-    python tools/run_mini.py [--methods abs peg lape pvg mpvg] [--pretrain-iters N]
-        [--det-iters N] [--seg-iters N] [--work-dir work_dirs/mini] [--skip-baseline]
+    python tools/run_mini.py [--methods abs peg lape pvg mpvg rope-axial rope-mixed]
+        [--pretrain-iters N] [--det-iters N] [--seg-iters N] [--work-dir work_dirs/mini] [--skip-baseline]
 
 Each run is one ``tools/train.py`` subprocess that trains, saves its last checkpoint and evaluates
 it at the end (mmpretrain's accuracy: top-1 / top-5; mmdet's COCO metric: box and mask AP; mmseg's
@@ -325,7 +325,8 @@ def run_stages(stages, jobs):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
-    parser.add_argument('--methods', nargs='+', default=['abs', 'peg', 'lape', 'pvg', 'mpvg'],
+    parser.add_argument('--methods', nargs='+',
+                        default=['abs', 'peg', 'lape', 'pvg', 'mpvg', 'rope-axial', 'rope-mixed'],
                         choices=list(METHODS))
     parser.add_argument('--pretrain-iters', type=int, default=None,
                         help='pre-training iterations of the classifier (default: the mini '

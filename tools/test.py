@@ -17,7 +17,8 @@ from mmengine.runner import Runner  # noqa: E402
 
 import pe_dense  # noqa: E402,F401  (registers modules, fixes checkpoint loading)
 from pe_dense.checkpoint import CheckpointLayoutError  # noqa: E402
-from pe_dense.runtime import add_run_args, load_run_config, setup_distributed  # noqa: E402
+from pe_dense.runtime import (  # noqa: E402
+    add_run_args, finish_distributed, load_run_config, setup_distributed)
 
 
 def parse_args():
@@ -46,6 +47,7 @@ def main():
         if args.out:
             with open(args.out, 'w') as f:
                 json.dump(metrics, f, indent=1)
+    finish_distributed()
 
 
 if __name__ == '__main__':

@@ -24,7 +24,8 @@ from mmengine.runner import Runner  # noqa: E402
 
 import pe_dense  # noqa: E402,F401  (registers modules, fixes checkpoint loading)
 from pe_dense.checkpoint import CheckpointLayoutError  # noqa: E402
-from pe_dense.runtime import add_run_args, load_run_config, setup_distributed  # noqa: E402
+from pe_dense.runtime import (  # noqa: E402
+    add_run_args, finish_distributed, load_run_config, setup_distributed)
 
 
 def parse_args():
@@ -105,6 +106,7 @@ def main():
         Runner.from_cfg(cfg).train()
     except CheckpointLayoutError as err:  # a pre-trained file that would not load
         raise SystemExit(f'[pe-dense] {err}') from None
+    finish_distributed()
 
 
 if __name__ == '__main__':
