@@ -28,7 +28,8 @@ ROOT = Path(__file__).resolve().parents[1]
 UPERNET = ROOT / 'configs/upernet/upernet_vit-adapter-ti-abs_4xb2-160k_ade20k-512x512.py'
 MASK_RCNN = ROOT / 'configs/mask_rcnn/mask-rcnn_vit-adapter-ti-abs_fpn_4xb2-ms-3x_coco.py'
 
-# What mmseg's own tools/train.py needs to train the UperNet configs without CUDA (README).
+# What mmseg's own tools/train.py needs to train the UperNet configs without CUDA
+# (docs/configs.md, "Running").
 MMSEG_FP32_OPTIONS = [
     'optim_wrapper._delete_=True', 'optim_wrapper.type=OptimWrapper',
     'optim_wrapper.optimizer.type=AdamW', 'optim_wrapper.optimizer.lr=12e-5',
@@ -163,7 +164,7 @@ def test_precision_follows_the_device(device, monkeypatch, capsys):
 
 
 def test_mmseg_fp32_options_give_the_same_optimizer():
-    """The README's options for mmseg's own tools/train.py (which merges ``--cfg-options`` into
+    """The documented options for mmseg's own tools/train.py (which merges ``--cfg-options`` into
     the config as below): an OptimWrapper whose parameter groups (layer-wise lr decay, no-decay
     sets) equal those of the published config's optimizer."""
     from mmengine.config import DictAction
