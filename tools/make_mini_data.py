@@ -1,20 +1,11 @@
 """Writes three small synthetic datasets in the real COCO 2017, ADE20K and ImageNet on-disk layouts.
 
-Every image shows a textured background (smooth noise mixed with stripes, in two muted random
-colours) and filled shapes. In the COCO and ADE20K sets, 1-4 non-overlapping circles (reddish),
-squares (greenish) and triangles (bluish), each colour jittered, so a small model learns both
-tasks within minutes of CPU training. The ImageNet set is object-centric: one large shape per
-image, its class one of 9 = shape x colour, the colour (red, green or blue family, jittered) drawn
-independently of the shape, so a classifier has to tell shapes apart and not only colours.
-mmdet's ``CocoDataset``, mmseg's ``ADE20KDataset`` and mmpretrain's ``ImageNet`` read the output
-unchanged.
-
     python tools/make_mini_data.py --out data/mini --seed 0 --num-train 64 --num-val 16 --size 128 \
         --cls-train 64 --cls-val 16
 
-The layouts, the labels and ``meta.json`` (a dataset whose ``meta.json`` records the same
-arguments is kept unless ``--force``) are described in :mod:`pe_dense.datasets.mini`, which does
-the work.
+What the images show, the layouts, the labels and ``meta.json`` (a dataset whose ``meta.json``
+records the same arguments is kept unless ``--force``) are described in
+:mod:`pe_dense.datasets.mini`, which does the work.
 """
 from __future__ import annotations
 
