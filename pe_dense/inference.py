@@ -17,7 +17,7 @@ be read on the small mini images.
 import os
 import os.path as osp
 import tempfile
-from typing import List, Optional, Sequence, Tuple
+from typing import Any, List, Optional, Sequence, Tuple
 
 import cv2
 import mmcv
@@ -57,7 +57,7 @@ def load_config(task: str, config: str, cfg_options: Optional[dict] = None) -> C
     return cfg
 
 
-def build_inferencer(task: str, cfg: Config, checkpoint: str, device: str = 'cpu'):
+def build_inferencer(task: str, cfg: Config, checkpoint: str, device: str = 'cpu') -> Any:
     """mmdet's ``DetInferencer`` or mmseg's ``MMSegInferencer`` for the config and checkpoint."""
     if not osp.isfile(checkpoint):
         raise FileNotFoundError(f'checkpoint {checkpoint} does not exist')
@@ -85,7 +85,7 @@ def validation_samples(task: str, cfg: Config, num: int) -> list:
     return [dataset[i]['data_samples'] for i in range(num)]
 
 
-def predict(task: str, inferencer, paths: Sequence[str]) -> list:
+def predict(task: str, inferencer: Any, paths: Sequence[str]) -> list:
     """The inferencer's data samples (``pred_instances`` / ``pred_sem_seg``), one per path."""
     result = inferencer(list(paths), batch_size=len(paths), return_datasamples=True)
     if task == 'det':
@@ -101,7 +101,7 @@ def _resize_nearest(t: torch.Tensor, scale: int) -> torch.Tensor:
     return out.to(dtype)
 
 
-def scale_for_display(task: str, sample, scale: int):
+def scale_for_display(task: str, sample: Any, scale: int) -> Any:
     """A copy of the sample whose drawn fields fit an image ``scale`` times larger: boxes
     multiplied, masks and label maps resized nearest-neighbour (the predictions themselves are
     unchanged, only where they are drawn)."""
@@ -130,7 +130,7 @@ def scale_for_display(task: str, sample, scale: int):
     return sample
 
 
-def draw(task: str, inferencer, samples: Sequence, images: Sequence[np.ndarray],
+def draw(task: str, inferencer: Any, samples: Sequence, images: Sequence[np.ndarray],
          score_thr: float = 0.5, scale: int = 1) -> List[np.ndarray]:
     """One RGB picture per sample from the inferencer's visualiser: ground truth | prediction
     when the sample has ground truth, the prediction alone otherwise."""
@@ -158,7 +158,7 @@ def stack(pictures: Sequence[np.ndarray]) -> np.ndarray:
     return np.concatenate(rows, axis=0)
 
 
-def set_class_names(inferencer, names: Sequence[str]) -> None:
+def set_class_names(inferencer: Any, names: Sequence[str]) -> None:
     """Replaces the first len(names) class names the visualiser writes (the palette is kept), e.g.
     ADE20K's 'wall', 'building', ... for the mini data's background, circle, ..."""
     meta = dict(inferencer.visualizer.dataset_meta)

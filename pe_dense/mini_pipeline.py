@@ -32,7 +32,7 @@ import time
 import warnings
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from functools import partial
-from typing import Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 METHODS = {'abs': 'AbsolutePE', 'none': 'NoPE', 'peg': 'PEG', 'lape': 'LaPE', 'pvg': 'PVG',
@@ -81,7 +81,7 @@ def subprocess_env() -> dict:
     return dict(os.environ, PYTHONUNBUFFERED='1', PYTHONWARNINGS=','.join(quiet))
 
 
-def run(cmd, label, log_path):
+def run(cmd: Sequence[str], label: str, log_path: str) -> Tuple[float, float]:
     """Runs ``cmd``, writing its output to ``log_path`` and a short progress line per log step;
     returns (wall-clock seconds, CPU seconds of the subprocess)."""
     start = time.time()
@@ -104,7 +104,8 @@ def run(cmd, label, log_path):
     return time.time() - start, usage.ru_utime + usage.ru_stime
 
 
-def evaluate(config, checkpoint, work_dir, label):
+def evaluate(config: str, checkpoint: str, work_dir: str, label: str) -> dict:
+    """``tools/test.py`` on ``checkpoint`` in ``work_dir``; returns its metrics (``--out`` JSON)."""
     out = osp.join(work_dir, 'metrics.json')
     run([sys.executable, 'tools/test.py', config, checkpoint, '--work-dir', work_dir,
          '--out', out], f'{label} eval', osp.join(work_dir, 'test.log'))
@@ -112,7 +113,7 @@ def evaluate(config, checkpoint, work_dir, label):
         return json.load(f)
 
 
-def final_metrics(work_dir, iters, kind):
+def final_metrics(work_dir: str, iters: int, kind: str) -> dict:
     """The evaluation logged at iteration ``iters`` (mmengine's ``vis_data/scalars.json``) of a
     run of ``kind`` ('cls', 'det' or 'seg')."""
     path = max(glob.glob(osp.join(work_dir, '*', 'vis_data', 'scalars.json')), key=osp.getmtime)
@@ -125,7 +126,7 @@ def final_metrics(work_dir, iters, kind):
             if k.startswith(('coco/', 'accuracy/')) or k in ('aAcc', 'mIoU', 'mAcc')}
 
 
-def schedule_options(config, iters):
+def schedule_options(config: str, iters: int) -> List[str]:
     """``--cfg-options`` that run ``config`` (a path relative to ``ROOT``, or absolute) for
     ``iters`` iterations, its lr schedule (warm-up included) scaled in proportion, so that it ends
     where the training ends."""
@@ -144,13 +145,14 @@ def schedule_options(config, iters):
     return options
 
 
-def pretrained_options(checkpoint):
+def pretrained_options(checkpoint: str) -> List[str]:
     """``--cfg-options`` that initialise a dense config's backbone from ``checkpoint``."""
     return ['model.backbone.init_cfg.type=Pretrained',
             f'model.backbone.init_cfg.checkpoint={checkpoint}']
 
 
-def train_and_evaluate(config, work_dir, iters, kind, label, options=()):
+def train_and_evaluate(config: str, work_dir: str, iters: int, kind: str, label: str,
+                       options: Sequence[str] = ()) -> Tuple[dict, float, float]:
     """Trains ``config`` for ``iters`` iterations in ``work_dir`` (``options``: more
     ``--cfg-options``); returns (final metrics, wall-clock seconds, CPU seconds)."""
     os.makedirs(work_dir, exist_ok=True)
@@ -160,7 +162,7 @@ def train_and_evaluate(config, work_dir, iters, kind, label, options=()):
     return final_metrics(work_dir, iters, kind), seconds, cpu
 
 
-def loaded_weights(log_path, checkpoint):
+def loaded_weights(log_path: str, checkpoint: str) -> Tuple[int, str]:
     """Reads the loader's log line of a run started from ``checkpoint``; returns (tensors read,
     missing-key summary). A ViT or PE parameter missing (or no such line) is an error."""
     with open(log_path) as f:
@@ -177,7 +179,7 @@ def loaded_weights(log_path, checkpoint):
     return int(m['read']), m['missing']
 
 
-def untrained_checkpoint(config, path):
+def untrained_checkpoint(config: str, path: str) -> None:
     """Saves the freshly initialised model of ``config`` (what training starts from)."""
     code = (
         'import sys, torch, warnings; warnings.filterwarnings("ignore");'
@@ -190,7 +192,8 @@ def untrained_checkpoint(config, path):
                    capture_output=True, env=subprocess_env())
 
 
-def sweep_stage(config, checkpoint, work_dir, scales, label):
+def sweep_stage(config: str, checkpoint: str, work_dir: str, scales: Sequence[float],
+                label: str) -> Tuple[list, float, float]:
     """Evaluates ``checkpoint`` at the test-resolution factors ``scales`` with
     ``tools/resolution_sweep.py`` (files in ``work_dir``); returns (its rows from ``sweep.json``,
     wall-clock seconds, CPU seconds)."""
@@ -202,7 +205,7 @@ def sweep_stage(config, checkpoint, work_dir, scales, label):
         return json.load(f)['rows'], seconds, cpu
 
 
-def sweep_table(rows):
+def sweep_table(rows: List[dict]) -> str:
     """The Markdown table of mIoU against the test-resolution factor, one row per segmentor
     that was swept ('' if none)."""
     swept = [r for r in rows if r.get('sweep')]
@@ -224,7 +227,7 @@ def _number(value, fmt):
     return '-' if value is None else format(value, fmt)
 
 
-def table(rows):
+def table(rows: List[dict]) -> str:
     """The Markdown table: one row per (method, initialisation)."""
     lines = ['| method | backbone init | top-1 (%) | box AP | mask AP | mIoU | '
              'time: pre-train / det / seg |',
@@ -237,7 +240,7 @@ def table(rows):
     return '\n'.join(lines)
 
 
-def pretrain_stage(short, work_root, iters, done):
+def pretrain_stage(short: str, work_root: str, iters: int, done: dict) -> dict:
     """Pre-trains the classifier of one method (``short``, a key of ``METHODS``) in a folder of
     ``work_root``; returns its part of the pre-trained row."""
     label = f'{METHODS[short]} pre-train'
@@ -251,7 +254,8 @@ def pretrain_stage(short, work_root, iters, done):
                 checkpoint=osp.join(work_dir, f'iter_{iters}.pth'))
 
 
-def dense_stage(short, kind, work_root, sweep_scales, iters, pretrain, done):
+def dense_stage(short: str, kind: str, work_root: str, sweep_scales: Sequence[float], iters: int,
+                pretrain: Optional[str], done: dict) -> dict:
     """Trains and evaluates Mask R-CNN (``kind`` 'det') or UperNet ('seg') of one method, from
     the checkpoint of the finished stage ``pretrain`` (``done[pretrain]``) or, with ``pretrain``
     None, from random initialisation, in a folder of ``work_root``; a pre-trained segmentor is then
@@ -284,7 +288,7 @@ def dense_stage(short, kind, work_root, sweep_scales, iters, pretrain, done):
     return result
 
 
-def baseline_stage(work_root, done):
+def baseline_stage(work_root: str, done: dict) -> dict:
     """Evaluates the untrained AbsolutePE models in folders of ``work_root``; returns the baseline
     row."""
     say('untrained baseline (AbsolutePE, random initialisation)')
@@ -299,18 +303,20 @@ def baseline_stage(work_root, done):
     return row
 
 
-def show(line):
+def show(line: str) -> None:
     """Prints one whole line, also while other stages print."""
     with PRINT_LOCK:
         sys.stdout.write(line + '\n')
         sys.stdout.flush()
 
 
-def say(text):
+def say(text: str) -> None:
+    """Prints a progress line of the main job (``[mini] text``)."""
     show(f'[mini] {text}')
 
 
-def run_stages(stages, jobs):
+def run_stages(stages: Dict[str, Tuple[Sequence[str], Callable[[dict], Any]]],
+               jobs: int) -> dict:
     """Runs ``stages`` (name -> (names it needs, function of the results so far: ``done``)), at most
     ``jobs`` at a time, each as soon as the stages it needs have finished, preferring earlier
     ones; returns name -> result. A failed stage stops the others."""
