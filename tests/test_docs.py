@@ -8,7 +8,8 @@
       repository (an absolute path or one under ``.venv/``);
     - every inline code span that is a single path under ``tools/``, ``configs/``, ``pe_dense/``,
       ``tests/`` or ``docs/``;
-    - every relative link or image target, taken from the document's own folder.
+    - every relative link or image target, taken from the document's own folder, and the
+      ``#anchor`` of a link into a Markdown file: one of its headings (GitHub's slugs).
     Placeholders stand for any name: ``{m}`` and ``${m}`` and ``<class>`` become ``*`` (at least one
     file must match), ``{s,b}`` expands to each alternative (each must exist). Outputs such as
     ``work_dirs/...``, ``data/...`` or ``pretrained/...`` and the words CONFIG, CHECKPOINT, ... are
@@ -101,13 +102,23 @@ def prose_paths(prose: str) -> list:
             if ' ' not in span.strip() and _clean(span).startswith(PROSE_DIRS)]
 
 
-def link_targets(prose: str) -> list:
-    """Relative link and image targets, without their ``#anchor``."""
+def link_targets(prose: str, anchors: bool = False) -> list:
+    """Relative link and image targets, without their ``#anchor`` (or as (path, anchor) pairs,
+    anchor '' if none, with ``anchors``)."""
     targets = []
     for target in LINK.findall(prose):
         if not re.match(r'^[a-z]+:', target) and not target.startswith('#'):
-            targets.append(target.split('#')[0])
+            path, _, anchor = target.partition('#')
+            targets.append((path, anchor) if anchors else path)
     return targets
+
+
+def heading_slugs(text: str) -> set:
+    """GitHub's anchors of a Markdown text's headings: lower case, punctuation other than '-' and
+    '_' dropped, spaces as '-'."""
+    _, prose = split_markdown(text)
+    return {re.sub(r'[^\w\- ]', '', line.lstrip('#').strip().lower()).replace(' ', '-')
+            for line in prose.splitlines() if re.match(r'^#{1,6} ', line)}
 
 
 def expand(path: str) -> list:
@@ -146,8 +157,13 @@ def broken_references(document: Path) -> list:
         broken += [('command', command, p) for path in command_paths(command)
                    for p in missing(path)]
     broken += [('path', path, p) for path in prose_paths(prose) for p in missing(path)]
-    broken += [('link', target, p) for target in link_targets(prose)
-               for p in missing(target, document.parent)]
+    for target, anchor in link_targets(prose, anchors=True):
+        absent = missing(target, document.parent)
+        broken += [('link', target, p) for p in absent]
+        linked = document.parent / target
+        if anchor and not absent and linked.suffix == '.md' and \
+                anchor not in heading_slugs(linked.read_text()):
+            broken.append(('anchor', target, anchor))
     return broken
 
 
@@ -170,6 +186,9 @@ def test_the_checker_reads_commands_paths_and_links():
     assert command_paths('python nowhere.py C') == ['nowhere.py']
     assert prose_paths(prose) == ['pe_dense/checkpoint.py']
     assert link_targets(prose) == ['docs/install.md']
+    assert link_targets(prose, anchors=True) == [('docs/install.md', 'x')]
+    assert heading_slugs('# A b\n```bash\n# not a heading\n```\n## How (and why), as_is\n') == {
+        'a-b', 'how-and-why-as_is'}
     assert expand('configs/deit/deit-{s,b}-abs_{m}.py') == ['configs/deit/deit-s-abs_*.py',
                                                            'configs/deit/deit-b-abs_*.py']
     assert missing('configs/upernet/upernet_vit-adapter-ti-${m}_4xb2-160k_ade20k-512x512.py') == []
@@ -182,13 +201,16 @@ def test_a_wrong_path_in_a_document_is_reported(tmp_path):
     page = tmp_path / 'page.md'
     page.write_text('```bash\npython tools/train.py configs/mini/no-such_mini.py\n```\n'
                     'Read `tests/test_nowhere.py` and ![x](figures/none.png).\n'
+                    f'See [install]({ROOT}/docs/install.md#no-such-heading) and '
+                    f'[install]({ROOT}/docs/install.md#installation).\n'
                     '`python tools/nowhere.py --help`\n')
     assert broken_references(page) == [
         ('command', 'python tools/train.py configs/mini/no-such_mini.py',
          'configs/mini/no-such_mini.py'),
         ('command', 'python tools/nowhere.py --help', 'tools/nowhere.py'),
         ('path', 'tests/test_nowhere.py', 'tests/test_nowhere.py'),
-        ('link', 'figures/none.png', 'figures/none.png')]
+        ('link', 'figures/none.png', 'figures/none.png'),
+        ('anchor', f'{ROOT}/docs/install.md', 'no-such-heading')]
 
 
 # ------------------------------------------------------------------------ (a) the documents
