@@ -48,7 +48,8 @@ path:
 ``--reference`` times the reference path instead of the fast one; ``--compare`` times both,
 interleaved, and adds a table of fast-path speed-ups; ``--with-cp`` adds a twin of each model
 with gradient checkpointing (``with_cp=True``) and a table of its training peak memory and time
-against the same model without. The Markdown table is printed and written with the JSON record to
+against the same model without (the keyword arguments of :func:`run_benchmark` carry the same
+names). ``tools/benchmark.py`` prints the Markdown table and writes it with the JSON record to
 ``--out`` (``benchmark.md``, ``benchmark.json``).
 """
 from __future__ import annotations
