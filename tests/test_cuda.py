@@ -425,12 +425,11 @@ def gpu_runs(tmp_path_factory):
     training runs of RUNS started together (one GPU holds them easily; running them side by side
     keeps the file quick). Returns ``{name: (work_dir, probe_file, log_file, process, log)}``
     (``log``: the open log file the process writes); each test waits for its own run."""
-    sys.path.insert(0, str(ROOT / 'tools'))
-    import make_mini_data
+    from pe_dense.datasets import mini
     base = tmp_path_factory.mktemp('cuda_runs')
     data = base / 'data'
-    make_mini_data.make_coco(data / 'coco', num_train=4, num_val=4)
-    make_mini_data.make_ade(data / 'ade', num_train=4, num_val=4)
+    mini.make_coco(data / 'coco', num_train=4, num_val=4)
+    mini.make_ade(data / 'ade', num_train=4, num_val=4)
     (base / 'cuda_probe.py').write_text(PROBE)
     env = dict(os.environ, OMP_NUM_THREADS='4',
                PYTHONPATH=os.pathsep.join(filter(None, [str(base),

@@ -22,14 +22,14 @@ import pytest
 import torch
 from mmengine.config import Config
 
+from pe_dense.datasets import mini
+
 ROOT = Path(__file__).resolve().parents[1]
 UPERNET = ROOT / 'configs/upernet/upernet_vit-adapter-ti-abs_4xb2-160k_ade20k-512x512.py'
 MASK_RCNN = ROOT / 'configs/mask_rcnn/mask-rcnn_vit-adapter-ti-abs_fpn_4xb2-ms-3x_coco.py'
-sys.path.insert(0, str(ROOT / 'tools'))
 
-import make_mini_data  # noqa: E402
-
-# What mmseg's own tools/train.py needs to train the UperNet configs without CUDA (README).
+# What mmseg's own tools/train.py needs to train the UperNet configs without CUDA
+# (docs/configs.md, "Running").
 MMSEG_FP32_OPTIONS = [
     'optim_wrapper._delete_=True', 'optim_wrapper.type=OptimWrapper',
     'optim_wrapper.optimizer.type=AdamW', 'optim_wrapper.optimizer.lr=12e-5',
@@ -52,7 +52,7 @@ def workspace(tmp_path_factory):
     """A folder holding ``data/coco/`` and ``data/ade/ADEChallengeData2016/`` as the configs
     expect them: 4 training images and 1 validation image of 128 x 128 each."""
     root = tmp_path_factory.mktemp('full')
-    for make, name in ((make_mini_data.make_coco, 'coco'), (make_mini_data.make_ade, 'ade')):
+    for make, name in ((mini.make_coco, 'coco'), (mini.make_ade, 'ade')):
         make(root / 'data' / name, num_train=4, num_val=1)
     return root
 
@@ -121,7 +121,7 @@ def test_mask_rcnn_3x_config_two_iterations(workspace, tmp_path):
     # 2 of the 4 training images, one epoch of the 36: 2 iterations. The mini data's class names
     # (CocoDataset keeps only the annotations of its classes). No validation: the heads keep
     # COCO's 80 classes, which CocoMetric cannot map to the mini data's 3.
-    classes = '(' + ','.join(make_mini_data.CLASSES) + ')'
+    classes = '(' + ','.join(mini.CLASSES) + ')'
     options = common_options(['train_dataloader'], batch_size=1) + [
         'train_dataloader.dataset.indices=2', 'train_cfg.max_epochs=1',
         f'train_dataloader.dataset.metainfo.classes={classes}',
@@ -164,7 +164,7 @@ def test_precision_follows_the_device(device, monkeypatch, capsys):
 
 
 def test_mmseg_fp32_options_give_the_same_optimizer():
-    """The README's options for mmseg's own tools/train.py (which merges ``--cfg-options`` into
+    """The documented options for mmseg's own tools/train.py (which merges ``--cfg-options`` into
     the config as below): an OptimWrapper whose parameter groups (layer-wise lr decay, no-decay
     sets) equal those of the published config's optimizer."""
     from mmengine.config import DictAction

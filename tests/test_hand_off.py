@@ -3,7 +3,6 @@
 weights (what DeiT reports), ``handoff_ema.pth`` the EMA, checked against a run without EMA and
 the EMA recurrence written out; ViTAdapter reads the hand-off file."""
 import os.path as osp
-import sys
 
 import pytest
 import torch
@@ -13,11 +12,10 @@ from mmengine.runner import Runner
 import pe_dense  # noqa: F401  (registers the hook)
 from pe_dense.checkpoint import load_backbone_checkpoint
 from pe_dense.engine import HAND_OFF_FILES
+from pe_dense.datasets import mini
 from pe_dense.models import ViTAdapter
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
-sys.path.insert(0, osp.join(ROOT, 'tools'))
-import make_mini_data  # noqa: E402
 
 ITERS, MOMENTUM = 3, 0.5
 
@@ -55,7 +53,7 @@ def runs(tmp_path_factory):
     """Two identical seeded runs, one with the DeiT configs' EMA and hand-off hooks."""
     root = tmp_path_factory.mktemp('hand_off')
     data = root / 'imagenet'
-    make_mini_data.make_imagenet(data, num_train=8, num_val=2, size=(64, 64))
+    mini.make_imagenet(data, num_train=8, num_val=2, size=(64, 64))
     dirs = {}
     for name, ema in (('plain', False), ('deit', True)):
         dirs[name] = root / name

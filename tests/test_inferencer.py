@@ -1,8 +1,8 @@
-"""tools/infer_demo.py: mmdet's DetInferencer and mmseg's MMSegInferencer on mini data of
-non-square 64 x 96 images (the detector's test pipeline resizes them to 85 x 128, the segmenter
-sees them as they are), with models of random weights saved as checkpoints: the size of the
-stacked ground truth | prediction picture, the structure of the predictions, the ground truth the
-dataset attaches, and clear errors for bad input."""
+"""pe_dense.inference and tools/infer_demo.py: mmdet's DetInferencer and mmseg's MMSegInferencer on
+mini data of non-square 64 x 96 images (the detector's test pipeline resizes them to 85 x 128, the
+segmenter sees them as they are), with models of random weights saved as checkpoints: the size of
+the stacked ground truth | prediction picture, the structure of the predictions, the ground truth
+the dataset attaches, and clear errors for bad input."""
 import json
 import os.path as osp
 import subprocess
@@ -18,6 +18,8 @@ from mmengine.registry import init_default_scope
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 sys.path.insert(0, osp.join(ROOT, 'tools'))
 import infer_demo  # noqa: E402
+
+from pe_dense.inference import scale_for_display  # noqa: E402
 
 DET = osp.join(ROOT, 'configs/mini/mask-rcnn_vit-adapter-ti-abs_fpn_mini.py')
 SEG = osp.join(ROOT, 'configs/mini/upernet_vit-adapter-ti-peg_mini.py')
@@ -184,7 +186,7 @@ def test_display_scaling_moves_only_where_things_are_drawn():
                                     masks=BitmapMasks(masks.numpy().astype(np.uint8), 5, 7))
     det.pred_instances = InstanceData(bboxes=boxes.clone(), labels=torch.tensor([1, 0]),
                                       scores=torch.tensor([0.9, 0.4]), masks=masks.clone())
-    shown = infer_demo.scale_for_display('det', det, 3)
+    shown = scale_for_display('det', det, 3)
     for key in ('gt_instances', 'pred_instances'):
         torch.testing.assert_close(shown.get(key).bboxes, boxes * 3)
         torch.testing.assert_close(det.get(key).bboxes, boxes)  # unchanged
@@ -197,7 +199,7 @@ def test_display_scaling_moves_only_where_things_are_drawn():
     labels = torch.randint(0, 150, (1, 5, 7), generator=g)
     seg = SegDataSample(pred_sem_seg=PixelData(data=labels.clone()),
                         gt_sem_seg=PixelData(data=labels.clone()))
-    shown = infer_demo.scale_for_display('seg', seg, 2)
+    shown = scale_for_display('seg', seg, 2)
     expected = labels.repeat_interleave(2, 1).repeat_interleave(2, 2)
     torch.testing.assert_close(shown.pred_sem_seg.data, expected)
     torch.testing.assert_close(shown.gt_sem_seg.data, expected)

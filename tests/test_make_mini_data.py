@@ -1,7 +1,7 @@
-"""tools/make_mini_data.py: byte-identical reruns, COCO polygons / areas / boxes that match the
-drawn shapes, label maps that match them too, ImageNet-layout images that show their class, and
-mmdet's CocoDataset, mmseg's ADE20KDataset and mmpretrain's ImageNet reading the datasets as they
-are."""
+"""pe_dense.datasets.mini and tools/make_mini_data.py: byte-identical reruns, COCO polygons / areas
+/ boxes that match the drawn shapes, label maps that match them too, ImageNet-layout images that
+show their class, and mmdet's CocoDataset, mmseg's ADE20KDataset and mmpretrain's ImageNet reading
+the datasets as they are."""
 import hashlib
 import os
 import sys
@@ -15,7 +15,9 @@ from pycocotools.coco import COCO
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / 'tools'))
 
-import make_mini_data as mmd  # noqa: E402
+import make_mini_data as cli  # noqa: E402
+
+from pe_dense.datasets import mini as mmd  # noqa: E402
 
 SEED = 3
 NUM_TRAIN, NUM_VAL = 6, 3
@@ -235,7 +237,7 @@ def test_cli_skips_up_to_date_output_and_rewrites_on_change(tmp_path, capsys):
     out = tmp_path / 'cli'
     argv = ['--out', str(out), '--num-train', '2', '--num-val', '1', '--size', '48', '64',
             '--cls-train', '1', '--cls-val', '1']
-    first = mmd.main(argv)
+    first = cli.main(argv)
     assert [s['skipped'] for s in first] == [False, False, False]
     lines = capsys.readouterr().out.splitlines()
     assert [line.split(':')[0] for line in lines] == ['coco', 'ade', 'imagenet']
@@ -244,13 +246,13 @@ def test_cli_skips_up_to_date_output_and_rewrites_on_change(tmp_path, capsys):
     assert cv2.imread(str(image)).shape == (48, 64, 3)
     before = _hashes(out)
     os.utime(image, (0, 0))
-    again = mmd.main(argv)
+    again = cli.main(argv)
     assert [s['skipped'] for s in again] == [True, True, True]
     assert [s['splits'] for s in again] == [s['splits'] for s in first]
     assert image.stat().st_mtime == 0
-    mmd.main(argv + ['--force'])
+    cli.main(argv + ['--force'])
     assert image.stat().st_mtime > 0 and _hashes(out) == before
-    fewer = mmd.main(['--out', str(out), '--num-train', '1', '--num-val', '1', '--size', '48',
+    fewer = cli.main(['--out', str(out), '--num-train', '1', '--num-val', '1', '--size', '48',
                       '--cls-train', '1', '--cls-val', '1'])
     assert [s['skipped'] for s in fewer] == [False, False, False]
     assert sorted(p.name for p in (out / 'coco' / 'train2017').iterdir()) == ['000000000001.jpg']

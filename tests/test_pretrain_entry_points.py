@@ -11,11 +11,11 @@ import mmpretrain
 import pytest
 import torch
 
+from pe_dense import mini_pipeline
+from pe_dense.datasets import mini
+
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 MMPRETRAIN_TOOLS = osp.join(osp.dirname(mmpretrain.__file__), '.mim', 'tools')
-sys.path.insert(0, osp.join(ROOT, 'tools'))
-import make_mini_data  # noqa: E402
-import run_mini  # noqa: E402
 
 NUM_CLASSES = 9
 # The fastest method's classifier and the schedule of the learning check: PEG_ITERS iterations of
@@ -35,7 +35,7 @@ CHANCE = 100 / NUM_CLASSES
 def data(tmp_path_factory):
     """The mini ImageNet-layout set as the main job makes it (64 / 16 images per class)."""
     out = tmp_path_factory.mktemp('mini') / 'imagenet'
-    make_mini_data.make_imagenet(out)
+    mini.make_imagenet(out)
     return out
 
 
@@ -46,7 +46,7 @@ def run(cmd):
 
 
 def options(config, data, iters, *extra):
-    return ['--cfg-options', *run_mini.schedule_options(config, iters),
+    return ['--cfg-options', *mini_pipeline.schedule_options(config, iters),
             *(f'{loader}.dataset.data_root={data}'
               for loader in ('train_dataloader', 'val_dataloader', 'test_dataloader')), *extra]
 
@@ -56,7 +56,7 @@ def test_mmpretrain_tools_train_learn_and_test_reproduces(data, tmp_path):
     work_dir = tmp_path / 'work'
     run([sys.executable, osp.join(MMPRETRAIN_TOOLS, 'train.py'), config, '--work-dir',
          str(work_dir), *options(config, data, PEG_ITERS)])
-    final = run_mini.final_metrics(str(work_dir), PEG_ITERS, 'cls')
+    final = mini_pipeline.final_metrics(str(work_dir), PEG_ITERS, 'cls')
     assert final['accuracy/top1'] >= TOP1 - MARGIN >= 2.5 * CHANCE
     assert final['accuracy/top5'] >= final['accuracy/top1']
     metrics = tmp_path / 'metrics.json'
@@ -77,7 +77,7 @@ def test_project_tools_train_and_test_a_classifier(data, tmp_path):
     extra = ['train_dataloader.batch_size=8']
     run([sys.executable, 'tools/train.py', config, '--work-dir', str(work_dir),
          *options(config, data, 2, *extra)])
-    final = run_mini.final_metrics(str(work_dir), 2, 'cls')
+    final = mini_pipeline.final_metrics(str(work_dir), 2, 'cls')
     checkpoint = work_dir / 'iter_2.pth'
     state = torch.load(checkpoint, map_location='cpu', weights_only=False)['state_dict']
     assert state['backbone.pos_embed.weight'].shape == (1, 16, 192)

@@ -1,6 +1,7 @@
-"""The main job's script (tools/run_mini.py) end to end at a few iterations: data, pre-training,
-fine-tuning from the pre-trained checkpoint and from random initialisation through the project's
-tools, the check of the loader's log line, the results table and JSON."""
+"""The main job (pe_dense.mini_pipeline) and its script (tools/run_mini.py) end to end at a few
+iterations: data, pre-training, fine-tuning from the pre-trained checkpoint and from random
+initialisation through the project's tools, the check of the loader's log line, the results table
+and JSON."""
 import json
 import os.path as osp
 import subprocess
@@ -11,14 +12,14 @@ from functools import partial
 import pytest
 from mmengine.config import Config
 
+from pe_dense import mini_pipeline
+
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
-sys.path.insert(0, osp.join(ROOT, 'tools'))
-import run_mini  # noqa: E402
 
 
 def scheduled(config, iters):
     cfg = Config.fromfile(config)
-    for option in run_mini.schedule_options(config, iters):
+    for option in mini_pipeline.schedule_options(config, iters):
         key, value = option.split('=')
         cfg.merge_from_dict({key: int(value)})
     return cfg
@@ -63,12 +64,13 @@ def test_loader_line_check(tmp_path, missing, error):
     log = tmp_path / 'train.log'
     log.write_text('other line\n' + LINE.format(n=3, missing=missing))
     if error is None:
-        assert run_mini.loaded_weights(str(log), '/w/abs_pretrain/iter_2.pth') == (152, missing)
+        read = mini_pipeline.loaded_weights(str(log), '/w/abs_pretrain/iter_2.pth')
+        assert read == (152, missing)
     else:
         with pytest.raises(SystemExit, match=f'left ViT weights.*{error}'):
-            run_mini.loaded_weights(str(log), '/w/abs_pretrain/iter_2.pth')
+            mini_pipeline.loaded_weights(str(log), '/w/abs_pretrain/iter_2.pth')
     with pytest.raises(SystemExit, match='were not loaded'):
-        run_mini.loaded_weights(str(log), '/w/other/iter_2.pth')
+        mini_pipeline.loaded_weights(str(log), '/w/other/iter_2.pth')
 
 
 def test_stages_run_after_what_they_need_and_at_most_jobs_at_a_time():
@@ -87,7 +89,7 @@ def test_stages_run_after_what_they_need_and_at_most_jobs_at_a_time():
 
     graph = {'a': (), 'b': ('a',), 'c': (), 'd': ('b', 'c'), 'e': ()}
     stages = {name: (needs, partial(stage, name, needs)) for name, needs in graph.items()}
-    results = run_mini.run_stages(stages, jobs=2)
+    results = mini_pipeline.run_stages(stages, jobs=2)
     assert results == {name: name.upper() for name in graph}
     assert state['most'] <= 2 and sorted(state['order']) == sorted(graph)
     assert state['order'].index('d') > max(state['order'].index('b'), state['order'].index('c'))
@@ -96,7 +98,7 @@ def test_stages_run_after_what_they_need_and_at_most_jobs_at_a_time():
         raise SystemExit('stage x failed')
 
     with pytest.raises(SystemExit, match='stage x failed'):
-        run_mini.run_stages({'x': ((), fail), 'y': (('x',), partial(stage, 'y', ('x',)))}, 1)
+        mini_pipeline.run_stages({'x': ((), fail), 'y': (('x',), partial(stage, 'y', ('x',)))}, 1)
 
 
 def test_main_job_runs_and_writes_the_table(tmp_path):

@@ -78,8 +78,9 @@ class PEViT(BaseModule):
             ``img_size / patch_size`` patches and is resampled (bicubic) for other input sizes.
         patch_size, in_channels: the patch embedding.
         pos_embed: ``dict(type=NAME, **options)``, NAME one of ``AbsolutePE`` (default),
-            ``NoPE``, ``PEG``, ``LaPE``, ``PVG``, ``MPVG``, ``RoPEAxial``, ``RoPEMixed`` (see the
-            README for the equations; the rotary methods leave the class token unrotated).
+            ``NoPE``, ``PEG``, ``LaPE``, ``PVG``, ``MPVG``, ``RoPEAxial``, ``RoPEMixed`` (see
+            docs/position_encodings.md for the equations; the rotary methods leave the class
+            token unrotated).
         pooling: ``'cls'``: a class token (with its own learned PE slot where the method has a
             table), its final token is the image feature (DeiT, LaPE); ``'gap'``: no class token,
             mean of the patch tokens (CPVT, PVG, MPVG). MPVG requires ``'gap'``.

@@ -1,0 +1,441 @@
+"""The main job: every position encoding through the whole pipeline on the bundled mini data, on
+the CPU, end to end: ImageNet-style pre-training -> Mask R-CNN and UperNet fine-tuned from that
+checkpoint, and the same fine-tuning from random initialisation beside it, and a results table.
+:func:`run_pipeline` runs it (``tools/run_mini.py`` is its command line).
+
+Each run is one ``tools/train.py`` subprocess that trains, saves its last checkpoint and evaluates
+it at the end (mmpretrain's accuracy: top-1 / top-5; mmdet's COCO metric: box and mask AP; mmseg's
+IoU metric: mIoU), with progress lines; ``tools/test.py CONFIG CHECKPOINT`` gives the same numbers
+again (tested). Per method: the classifier (``configs/mini/deit-ti-{m}_mini.py``) is pre-trained;
+the detector and the segmentor are trained twice, from ``init_cfg=dict(type='Pretrained',
+checkpoint=<that classifier's checkpoint>)`` and from random initialisation. The loader's log line
+of each pre-trained run is checked: a ViT or PE weight missing from it stops the job. A baseline
+row evaluates the untrained AbsolutePE models with ``tools/test.py``. Each pre-trained segmentor
+is then evaluated at several test resolutions (``tools/resolution_sweep.py``, ``sweep_scales``,
+default 0.5 1.0 2.0 of the 128 x 128 images). The tables go to ``<work_dir>/results.md`` and
+``results.json``.
+
+The stages run the repository's ``tools/`` scripts on its ``configs/mini/`` files and the mini data
+in ``data/mini`` (all relative to the repository root, ``ROOT``, which is also the subprocesses'
+working directory): the pipeline needs a checkout of the repository, not only the package.
+"""
+import builtins
+import glob
+import json
+import os
+import os.path as osp
+import re
+import subprocess
+import sys
+import threading
+import time
+import warnings
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+from functools import partial
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+METHODS = {'abs': 'AbsolutePE', 'none': 'NoPE', 'peg': 'PEG', 'lape': 'LaPE', 'pvg': 'PVG',
+           'mpvg': 'MPVG', 'rope-axial': 'RoPEAxial', 'rope-mixed': 'RoPEMixed'}
+PRETRAIN = 'configs/mini/deit-ti-{}_mini.py'
+DET = 'configs/mini/mask-rcnn_vit-adapter-ti-{}_fpn_mini.py'
+SEG = 'configs/mini/upernet_vit-adapter-ti-{}_mini.py'
+# What the main job runs unless told otherwise.
+DEFAULT_METHODS = ('abs', 'peg', 'lape', 'pvg', 'mpvg', 'rope-axial', 'rope-mixed')
+DEFAULT_SWEEP_SCALES = (0.5, 1.0, 2.0)
+PROGRESS = re.compile(r'Iter\(train\) \[\s*(\d+)/(\d+)\].*?eta: (\S+).*?\sloss: ([\d.]+)')
+# pe_dense.checkpoint.load_backbone_checkpoint's log line.
+LOADED = re.compile(r'loaded (?P<path>\S+) into ViTAdapter \((?P<pe>\w+)\): (?P<read>\d+) tensors '
+                    r'read; .*?missing \((?P<n_missing>\d+)\): (?P<missing>.*); unexpected '
+                    r'\((?P<n_unexpected>\d+)\): (?P<unexpected>.*)$')
+# Backbone parts that a pre-trained ViT classifier provides; the rest is the adapter's.
+VIT_PARTS = ('patch_embed', 'blocks', 'pos_embed')
+# ViT-Adapter's layer scale, which DeiT-style classifiers lack: it keeps its initial value 1.
+LAYER_SCALE = 'blocks.{*.gamma1, *.gamma2}'
+
+# Library warnings a user of the main job cannot act on, as (start of the message, category):
+# filtered in this process and, through PYTHONWARNINGS, in every stage.
+QUIET = (('', 'DeprecationWarning'), ('', 'FutureWarning'),
+         ('pkg_resources is deprecated', 'UserWarning'))
+METRIC_KEYS = {'cls': 'accuracy/top1', 'det': 'coco/bbox_mAP', 'seg': 'mIoU'}
+# The stages' subprocesses still running (killed when another stage fails).
+LIVE = set()
+# mmengine reads configs through pkg_resources, which is not thread-safe.
+CONFIG_LOCK = threading.Lock()
+# One line at a time on the terminal from the stages running side by side.
+PRINT_LOCK = threading.Lock()
+
+
+def quiet_warnings() -> None:
+    """Filters the warnings of ``QUIET`` in this process."""
+    for message, category in QUIET:
+        warnings.filterwarnings('ignore', message=re.escape(message),
+                                category=getattr(builtins, category))
+
+
+def subprocess_env() -> dict:
+    """The environment of every stage: unbuffered output, the warnings of ``QUIET`` filtered
+    (after the caller's own PYTHONWARNINGS, so these take precedence)."""
+    own = os.environ.get('PYTHONWARNINGS')
+    quiet = ([own] if own else []) + [f'ignore:{message}:{category}' for message, category in QUIET]
+    return dict(os.environ, PYTHONUNBUFFERED='1', PYTHONWARNINGS=','.join(quiet))
+
+
+def run(cmd: Sequence[str], label: str, log_path: str) -> Tuple[float, float]:
+    """Runs ``cmd``, writing its output to ``log_path`` and a short progress line per log step;
+    returns (wall-clock seconds, CPU seconds of the subprocess)."""
+    start = time.time()
+    with open(log_path, 'w', buffering=1) as log:
+        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                text=True, env=subprocess_env())
+        LIVE.add(proc)
+        for line in proc.stdout:
+            log.write(line)
+            m = PROGRESS.search(line)
+            if m:
+                it, total, eta, loss = m.groups()
+                show(f'  [{label}] iter {it}/{total}  loss {loss}  eta {eta}')
+        # wait4: this child's own CPU time, also while other stages' children run
+        _, status, usage = os.wait4(proc.pid, 0)
+        proc.returncode = code = os.waitstatus_to_exitcode(status)
+        LIVE.discard(proc)
+    if code:
+        raise SystemExit(f'{label} failed (exit {code}); see {log_path}')
+    return time.time() - start, usage.ru_utime + usage.ru_stime
+
+
+def evaluate(config: str, checkpoint: str, work_dir: str, label: str) -> dict:
+    """``tools/test.py`` on ``checkpoint`` in ``work_dir``; returns its metrics (``--out`` JSON)."""
+    out = osp.join(work_dir, 'metrics.json')
+    run([sys.executable, 'tools/test.py', config, checkpoint, '--work-dir', work_dir,
+         '--out', out], f'{label} eval', osp.join(work_dir, 'test.log'))
+    with open(out) as f:
+        return json.load(f)
+
+
+def final_metrics(work_dir: str, iters: int, kind: str) -> dict:
+    """The evaluation logged at iteration ``iters`` (mmengine's ``vis_data/scalars.json``) of a
+    run of ``kind`` ('cls', 'det' or 'seg')."""
+    path = max(glob.glob(osp.join(work_dir, '*', 'vis_data', 'scalars.json')), key=osp.getmtime)
+    with open(path) as f:
+        rows = [json.loads(line) for line in f]
+    found = [r for r in rows if r.get('step') == iters and METRIC_KEYS[kind] in r]
+    if not found:
+        raise SystemExit(f'no evaluation at iteration {iters} in {path}')
+    return {k: v for k, v in found[-1].items()
+            if k.startswith(('coco/', 'accuracy/')) or k in ('aAcc', 'mIoU', 'mAcc')}
+
+
+def schedule_options(config: str, iters: int) -> List[str]:
+    """``--cfg-options`` that run ``config`` (a path relative to ``ROOT``, or absolute) for
+    ``iters`` iterations, its lr schedule (warm-up included) scaled in proportion, so that it ends
+    where the training ends."""
+    from mmengine.config import Config
+    with CONFIG_LOCK:
+        cfg = Config.fromfile(osp.join(ROOT, config))
+    scale = iters / cfg.train_cfg.max_iters
+    options = [f'train_cfg.max_iters={iters}', f'train_cfg.val_interval={iters}',
+               f'default_hooks.checkpoint.interval={iters}']
+    for i, sched in enumerate(cfg.param_scheduler):
+        begin = round(sched.get('begin', 0) * scale)
+        options += [f'param_scheduler.{i}.begin={begin}',
+                    f'param_scheduler.{i}.end={max(begin + 1, round(sched.end * scale))}']
+        if 'T_max' in sched:
+            options.append(f'param_scheduler.{i}.T_max={max(1, round(sched.T_max * scale))}')
+    return options
+
+
+def pretrained_options(checkpoint: str) -> List[str]:
+    """``--cfg-options`` that initialise a dense config's backbone from ``checkpoint``."""
+    return ['model.backbone.init_cfg.type=Pretrained',
+            f'model.backbone.init_cfg.checkpoint={checkpoint}']
+
+
+def train_and_evaluate(config: str, work_dir: str, iters: int, kind: str, label: str,
+                       options: Sequence[str] = ()) -> Tuple[dict, float, float]:
+    """Trains ``config`` for ``iters`` iterations in ``work_dir`` (``options``: more
+    ``--cfg-options``); returns (final metrics, wall-clock seconds, CPU seconds)."""
+    os.makedirs(work_dir, exist_ok=True)
+    seconds, cpu = run([sys.executable, 'tools/train.py', config, '--work-dir', work_dir,
+                   '--cfg-options', *schedule_options(config, iters), *options],
+                  f'{label} train', osp.join(work_dir, 'train.log'))
+    return final_metrics(work_dir, iters, kind), seconds, cpu
+
+
+def loaded_weights(log_path: str, checkpoint: str) -> Tuple[int, str]:
+    """Reads the loader's log line of a run started from ``checkpoint``; returns (tensors read,
+    missing-key summary). A ViT or PE parameter missing (or no such line) is an error."""
+    with open(log_path) as f:
+        found = [m for m in map(LOADED.search, f) if m and m['path'] == checkpoint]
+    if not found:
+        raise SystemExit(f'{log_path} has no loader line for {checkpoint}: the pre-trained '
+                         'weights were not loaded')
+    m = found[-1]
+    parts = [p for p in m['missing'].split('; ') if p not in ('none', LAYER_SCALE)]
+    vit_missing = [p for p in parts if re.split(r'[. ]', p)[0] in VIT_PARTS]
+    if vit_missing:
+        raise SystemExit(f'{checkpoint} left ViT weights of the backbone uninitialised '
+                         f'({"; ".join(vit_missing)}); see {log_path}')
+    return int(m['read']), m['missing']
+
+
+def untrained_checkpoint(config: str, path: str) -> None:
+    """Saves the freshly initialised model of ``config`` (what training starts from)."""
+    code = (
+        'import sys, torch, warnings; warnings.filterwarnings("ignore");'
+        'from mmengine.config import Config; from mmengine.registry import init_default_scope;'
+        'import pe_dense; from mmengine.registry import MODELS;'
+        'cfg = Config.fromfile(sys.argv[1]); init_default_scope(cfg.default_scope);'
+        'torch.manual_seed(0); m = MODELS.build(cfg.model); m.init_weights();'
+        'torch.save({"state_dict": m.state_dict()}, sys.argv[2])')
+    subprocess.run([sys.executable, '-c', code, config, path], cwd=ROOT, check=True,
+                   capture_output=True, env=subprocess_env())
+
+
+def sweep_stage(config: str, checkpoint: str, work_dir: str, scales: Sequence[float],
+                label: str) -> Tuple[list, float, float]:
+    """Evaluates ``checkpoint`` at the test-resolution factors ``scales`` with
+    ``tools/resolution_sweep.py`` (files in ``work_dir``); returns (its rows from ``sweep.json``,
+    wall-clock seconds, CPU seconds)."""
+    os.makedirs(work_dir, exist_ok=True)
+    seconds, cpu = run([sys.executable, 'tools/resolution_sweep.py', config, checkpoint,
+                        '--scales', *map(str, scales), '--work-dir', work_dir, '--out', work_dir],
+                       f'{label} sweep', osp.join(work_dir, 'sweep.log'))
+    with open(osp.join(work_dir, 'sweep.json')) as f:
+        return json.load(f)['rows'], seconds, cpu
+
+
+def sweep_table(rows: List[dict]) -> str:
+    """The Markdown table of mIoU against the test-resolution factor, one row per segmentor
+    that was swept ('' if none)."""
+    swept = [r for r in rows if r.get('sweep')]
+    if not swept:
+        return ''
+    scales = [s['scale'] for s in swept[0]['sweep']]
+    lines = ['| method | backbone init | ' + ' | '.join(f'mIoU at {s:g}x' for s in scales)
+             + ' | time |',
+             '|---|---|' + '---|' * (len(scales) + 1)]
+    for r in swept:
+        by_scale = {s['scale']: s['metrics']['mIoU'] for s in r['sweep']}
+        lines.append(f"| {r['method']} | {r['init']} | "
+                     + ' | '.join(_number(by_scale.get(s), '.2f') for s in scales)
+                     + f" | {r['sweep_seconds']:.0f} s |")
+    return '\n'.join(lines)
+
+
+def _number(value, fmt):
+    return '-' if value is None else format(value, fmt)
+
+
+def table(rows: List[dict]) -> str:
+    """The Markdown table: one row per (method, initialisation)."""
+    lines = ['| method | backbone init | top-1 (%) | box AP | mask AP | mIoU | '
+             'time: pre-train / det / seg |',
+             '|---|---|---|---|---|---|---|']
+    for r in rows:
+        times = ' / '.join(_number(r[k], '.0f') + ('' if r[k] is None else ' s')
+                           for k in ('pretrain_seconds', 'det_seconds', 'seg_seconds'))
+        lines.append(f"| {r['method']} | {r['init']} | {_number(r['top1'], '.1f')} | "
+                     f"{r['bbox_mAP']:.3f} | {r['segm_mAP']:.3f} | {r['mIoU']:.2f} | {times} |")
+    return '\n'.join(lines)
+
+
+def pretrain_stage(short: str, work_root: str, iters: int, done: dict) -> dict:
+    """Pre-trains the classifier of one method (``short``, a key of ``METHODS``) in a folder of
+    ``work_root``; returns its part of the pre-trained row."""
+    label = f'{METHODS[short]} pre-train'
+    say(f'{label}: ViT classifier on mini ImageNet, {iters} iterations')
+    work_dir = osp.join(work_root, f'{short}_pretrain')
+    cls, seconds, cpu = train_and_evaluate(PRETRAIN.format(short), work_dir, iters, 'cls', label)
+    top1, top5 = cls['accuracy/top1'], cls.get('accuracy/top5')
+    say(f'{label}: top-1 {top1:.1f}%' + ('' if top5 is None else f', top-5 {top5:.1f}%')
+        + f' ({seconds:.0f} s)')
+    return dict(top1=top1, top5=top5, pretrain_seconds=seconds, pretrain_cpu_seconds=cpu,
+                checkpoint=osp.join(work_dir, f'iter_{iters}.pth'))
+
+
+def dense_stage(short: str, kind: str, work_root: str, sweep_scales: Sequence[float], iters: int,
+                pretrain: Optional[str], done: dict) -> dict:
+    """Trains and evaluates Mask R-CNN (``kind`` 'det') or UperNet ('seg') of one method, from
+    the checkpoint of the finished stage ``pretrain`` (``done[pretrain]``) or, with ``pretrain``
+    None, from random initialisation, in a folder of ``work_root``; a pre-trained segmentor is then
+    swept over the test-resolution factors ``sweep_scales`` (none: no sweep). Returns its part of
+    the row."""
+    checkpoint = done[pretrain]['checkpoint'] if pretrain else None
+    init = 'pre-trained' if checkpoint else 'random'
+    label = f'{METHODS[short]} {kind} ({init})'
+    say(f'{label}: {"Mask R-CNN" if kind == "det" else "UperNet"}, {iters} iterations')
+    work_dir = osp.join(work_root, f'{short}_{kind}' + ('_pretrained' if checkpoint else ''))
+    config = (DET if kind == 'det' else SEG).format(short)
+    options = pretrained_options(checkpoint) if checkpoint else []
+    metrics, seconds, cpu = train_and_evaluate(config, work_dir, iters, kind, label, options)
+    if checkpoint:
+        read, missing = loaded_weights(osp.join(work_dir, 'train.log'), checkpoint)
+        say(f'{label}: loaded {read} tensors of {checkpoint}; every ViT and PE weight loaded, '
+            f'left at initialisation: {missing}')
+    if kind == 'det':
+        say(f'{label}: box AP {metrics["coco/bbox_mAP"]:.3f}, mask AP '
+            f'{metrics["coco/segm_mAP"]:.3f} ({seconds:.0f} s)')
+    else:
+        say(f'{label}: mIoU {metrics["mIoU"]:.2f} ({seconds:.0f} s)')
+    result = dict(metrics, **{f'{kind}_seconds': seconds, f'{kind}_cpu_seconds': cpu})
+    if kind == 'seg' and checkpoint and sweep_scales:
+        swept, seconds, cpu = sweep_stage(config, osp.join(work_dir, f'iter_{iters}.pth'),
+                                          osp.join(work_dir, 'sweep'), sweep_scales, label)
+        result.update(sweep=swept, sweep_seconds=seconds, sweep_cpu_seconds=cpu)
+        say(f'{label}: mIoU at test resolution ' + ', '.join(
+            f"{s['scale']:g}x {s['metrics']['mIoU']:.2f}" for s in swept) + f' ({seconds:.0f} s)')
+    return result
+
+
+def baseline_stage(work_root: str, done: dict) -> dict:
+    """Evaluates the untrained AbsolutePE models in folders of ``work_root``; returns the baseline
+    row."""
+    say('untrained baseline (AbsolutePE, random initialisation)')
+    row = dict(method='AbsolutePE', init='untrained', top1=None, pretrain_seconds=None,
+               det_seconds=None, seg_seconds=None)
+    for config, kind in ((DET.format('abs'), 'det'), (SEG.format('abs'), 'seg')):
+        work_dir = osp.join(work_root, f'untrained_{kind}')
+        os.makedirs(work_dir, exist_ok=True)
+        ckpt = osp.join(work_dir, 'init.pth')
+        untrained_checkpoint(config, ckpt)
+        row.update(evaluate(config, ckpt, work_dir, f'untrained {kind}'))
+    return row
+
+
+def show(line: str) -> None:
+    """Prints one whole line, also while other stages print."""
+    with PRINT_LOCK:
+        sys.stdout.write(line + '\n')
+        sys.stdout.flush()
+
+
+def say(text: str) -> None:
+    """Prints a progress line of the main job (``[mini] text``)."""
+    show(f'[mini] {text}')
+
+
+def run_stages(stages: Dict[str, Tuple[Sequence[str], Callable[[dict], Any]]],
+               jobs: int) -> dict:
+    """Runs ``stages`` (name -> (names it needs, function of the results so far: ``done``)), at most
+    ``jobs`` at a time, each as soon as the stages it needs have finished, preferring earlier
+    ones; returns name -> result. A failed stage stops the others."""
+    results, running, pending = {}, {}, list(stages)
+    with ThreadPoolExecutor(jobs) as pool:
+        try:
+            while pending or running:
+                for name in [n for n in pending if set(stages[n][0]) <= set(results)]:
+                    if len(running) == jobs:
+                        break
+                    pending.remove(name)
+                    running[pool.submit(stages[name][1], results)] = name
+                done, _ = wait(running, return_when=FIRST_COMPLETED)
+                for future in done:
+                    results[running.pop(future)] = future.result()
+        except BaseException:
+            for proc in list(LIVE):
+                proc.kill()
+            raise
+    return results
+
+
+
+
+def run_pipeline(methods: Sequence[str] = DEFAULT_METHODS, pretrain_iters: Optional[int] = None,
+                 det_iters: Optional[int] = None, seg_iters: Optional[int] = None, jobs: int = 2,
+                 work_dir: str = 'work_dirs/mini',
+                 sweep_scales: Sequence[float] = DEFAULT_SWEEP_SCALES,
+                 skip_baseline: bool = False) -> dict:
+    """Runs the main job and writes ``<work_dir>/results.md`` and ``results.json``.
+
+    Args:
+        methods: keys of ``METHODS`` ('abs', 'peg', ...).
+        pretrain_iters, det_iters, seg_iters: training iterations of the classifier, Mask R-CNN
+            and UperNet (None: the mini config's ``train_cfg.max_iters``); the lr schedules are
+            scaled to them (:func:`schedule_options`).
+        jobs: runs at the same time; each gets ``OMP_NUM_THREADS`` = CPU cores / ``jobs`` unless
+            ``OMP_NUM_THREADS`` is set (it is set in ``os.environ`` for the stages).
+        work_dir: where the runs and the results go; a relative path is taken from ``ROOT``.
+        sweep_scales: test-resolution factors of each pre-trained segmentor (empty: no sweep).
+        skip_baseline: leave out the untrained AbsolutePE row.
+
+    Returns:
+        ``dict(pretrain_iters, det_iters, seg_iters, jobs, threads, rows, text, results_md,
+        results_json)``: the iterations run, the rows of the table (one per method and
+        initialisation, the metrics and the seconds of each stage), the Markdown text written to
+        ``results_md``.
+
+    Raises:
+        ValueError: an unknown method, iterations or ``jobs`` below 1, a factor <= 0.
+        SystemExit: a stage failed (the message names its log file); the other stages are killed.
+    """
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        raise ValueError(f'unknown methods {unknown}; choose from {sorted(METHODS)}')
+    for name, value in (('pretrain_iters', pretrain_iters), ('det_iters', det_iters),
+                        ('seg_iters', seg_iters), ('jobs', jobs)):
+        if value is not None and value < 1:
+            raise ValueError(f'{name} must be at least 1, got {value}')
+    if any(not s > 0 for s in sweep_scales):
+        raise ValueError('sweep_scales must all be > 0 (1.0: the configured test resolution)')
+    os.environ.setdefault('OMP_NUM_THREADS', str(max(1, (os.cpu_count() or 1) // jobs)))
+    work_dir = osp.abspath(osp.join(ROOT, work_dir))
+    say('making the mini datasets (data/mini)')
+    subprocess.run([sys.executable, 'tools/make_mini_data.py', '--out', 'data/mini'], check=True,
+                   cwd=ROOT, env=subprocess_env())
+
+    from mmengine.config import Config
+
+    def configured(config):
+        return Config.fromfile(osp.join(ROOT, config.format('abs'))).train_cfg.max_iters
+
+    pretrain_iters = pretrain_iters or configured(PRETRAIN)
+    det_iters = det_iters or configured(DET)
+    seg_iters = seg_iters or configured(SEG)
+    say(f'{len(methods)} method(s): pre-training ({pretrain_iters} iterations), then Mask '
+        f'R-CNN ({det_iters}) and UperNet ({seg_iters}) from the pre-trained checkpoint and from '
+        f'random initialisation; {jobs} run(s) at a time, '
+        f'{os.environ["OMP_NUM_THREADS"]} thread(s) each')
+    # In order of preference: per method, the pre-training first, then the random-init runs
+    # (which need nothing) while it runs, then the runs that start from its checkpoint.
+    stages = {}
+    for short in methods:
+        pre = f'{short} pretrain'
+        stages[pre] = ((), partial(pretrain_stage, short, work_dir, pretrain_iters))
+        for kind, iters in (('det', det_iters), ('seg', seg_iters)):
+            stages[f'{short} {kind} random'] = ((), partial(dense_stage, short, kind, work_dir,
+                                                            sweep_scales, iters, None))
+        for kind, iters in (('det', det_iters), ('seg', seg_iters)):
+            stages[f'{short} {kind} pre-trained'] = ((pre,), partial(
+                dense_stage, short, kind, work_dir, sweep_scales, iters, pre))
+    if not skip_baseline:
+        stages['baseline'] = ((), partial(baseline_stage, work_dir))
+    results = run_stages(stages, jobs)
+
+    rows = [results['baseline']] if not skip_baseline else []
+    for short in methods:
+        for init in ('pre-trained', 'random'):
+            row = dict(method=METHODS[short], init=init, top1=None, top5=None,
+                       pretrain_seconds=None, pretrain_cpu_seconds=None)
+            if init == 'pre-trained':
+                row.update(results[f'{short} pretrain'])
+            row.update(results[f'{short} det {init}'])
+            row.update(results[f'{short} seg {init}'])
+            rows.append(row)
+    for row in rows:
+        row['bbox_mAP'] = row.pop('coco/bbox_mAP')
+        row['segm_mAP'] = row.pop('coco/segm_mAP')
+    text = table(rows)
+    swept = sweep_table(rows)
+    if swept:
+        text += ('\n\nUperNet (pre-trained) at other test resolutions (factor of the 128 x 128 '
+                 'images; tools/resolution_sweep.py):\n\n' + swept)
+    results_md = osp.join(work_dir, 'results.md')
+    results_json = osp.join(work_dir, 'results.json')
+    with open(results_md, 'w') as f:
+        f.write(text + '\n')
+    summary = dict(pretrain_iters=pretrain_iters, det_iters=det_iters, seg_iters=seg_iters,
+                   jobs=jobs, threads=int(os.environ['OMP_NUM_THREADS']), rows=rows)
+    with open(results_json, 'w') as f:
+        json.dump(summary, f, indent=1)
+    return dict(summary, text=text, results_md=results_md, results_json=results_json)
