@@ -119,9 +119,9 @@ def build(kwargs: dict, method: str, fast_path: bool, with_cp: bool,
 
 
 def parse_size(text: str) -> Tuple[int, int]:
-    """``'WxH'`` (mmdet's order, as in 1333x800) -> (H, W)."""
+    """``'WxH'`` (mmdet's order, as in 1333x800) -> (H, W); ValueError for anything else."""
     try:
-        w, h = (int(v) for v in text.lower().split('x'))
+        w, h = (int(v) for v in str(text).lower().split('x'))
     except ValueError:
         raise ValueError(f'size {text!r} is not WIDTHxHEIGHT') from None
     return h, w
@@ -309,10 +309,30 @@ def variants(reference: bool = False, compare: bool = False,
 
 def check_options(repeats: int = 7, warmup: int = 2, batch: int = 1, clock: str = 'wall',
                   device: str = 'cpu', amp: str = 'off', with_cp: bool = False,
-                  train: bool = True) -> None:
-    """Raises ValueError, with the command-line option names, for settings that cannot run."""
+                  train: bool = True, sizes: Sequence[str] = (),
+                  methods: Sequence[str] = METHODS, threads: Optional[int] = None,
+                  config: Optional[str] = None) -> None:
+    """Raises ValueError, with the command-line option names, for settings that cannot run: also
+    a size that is not ``WxH`` or under 32 pixels a side (ViTAdapter's smallest input), an unknown
+    method, ``threads`` below 1, a config file that does not exist."""
     if repeats < 1 or warmup < 0 or batch < 1:
         raise ValueError('--repeats and --batch must be >= 1, --warmup >= 0')
+    if isinstance(sizes, str) or isinstance(methods, str):
+        raise ValueError('--sizes and --methods are lists, e.g. sizes=["512x512"]')
+    for text in sizes:
+        h, w = parse_size(text)
+        if min(h, w) < 32:
+            raise ValueError(f'--sizes {text}: ViTAdapter takes images of at least 32 pixels a '
+                             'side (WIDTHxHEIGHT, e.g. 512x512)')
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        raise ValueError(f'--methods: unknown {unknown}; choose from {list(METHODS)}')
+    if threads is not None and threads < 1:
+        raise ValueError(f'--threads must be >= 1, got {threads}')
+    if config is not None and not os.path.isfile(config):
+        raise ValueError(f'--config {config} does not exist')
+    if clock not in ('wall', 'cpu'):
+        raise ValueError(f"--clock must be 'wall' or 'cpu', got {clock!r}")
     if clock == 'cpu' and device != 'cpu':
         raise ValueError('--clock cpu is for --device cpu')
     if amp not in AMP_DTYPES:
@@ -415,11 +435,13 @@ def run_benchmark(config: Optional[str] = None, methods: Sequence[str] = METHODS
         ...); times in ms, memory in MiB.
 
     Raises:
-        ValueError: options that do not go together (see :func:`check_options`), a size that is
-            not ``WxH``, a config whose backbone is not a ViTAdapter.
+        ValueError: options that cannot run or do not go together (see :func:`check_options`:
+            sizes, methods, threads, a missing config, ...), a config whose backbone is not a
+            ViTAdapter.
         SystemExit: ``device`` is CUDA and no CUDA device is available.
     """
-    check_options(repeats, warmup, batch, clock, device, amp, with_cp, train)
+    check_options(repeats, warmup, batch, clock, device, amp, with_cp, train, sizes, methods,
+                  threads, config)
     if load is None:
         load = (' '.join(f'{v:.2f}' for v in os.getloadavg()) if hasattr(os, 'getloadavg')
                 else 'n/a')

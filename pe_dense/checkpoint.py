@@ -61,6 +61,12 @@ _UNUSED_AFTER_PE = re.compile(r'norm\.|blocks\.\d+\.pe_norm\.')
 ADAPTER_PREFIXES = ('level_embed', 'spm.', 'interactions.', 'up.', 'norm1.', 'norm2.', 'norm3.',
                     'norm4.')
 _VIT_PREFIXES = ('patch_embed.', 'blocks.')
+# The position encoding's own weights, which a file must hold: the learned table and its class
+# slot, RoPE-Mixed's frequencies, PEG's convolution. A file trained with another PE (or none)
+# would leave them at their initialisation. The LayerNorms LaPE, PVG and MPVG put on the table
+# may start at their initialisation from a file that has the table (a DeiT/ViT file as a warm
+# start of those methods; the loader's log line lists them).
+_PE_REQUIRED = re.compile(r'pos_embed\.(weight|prefix_weight|freqs\.\d+|proj\.\w+)$')
 _LAYER_SCALE = re.compile(r'blocks\.\d+\.(gamma[12]|ls[12]\.gamma)$')
 # mmpretrain's VisionTransformer names -> timm's (first match wins).
 _MMPRETRAIN_RENAMES = (
@@ -284,9 +290,15 @@ def _what_to_do(backbone: nn.Module, source_keys: List[str], converted: Dict[str
                      + (' and interaction_indexes to match' if name == 'ViTAdapter' else ''))
     file_pe = guess_pos_embed(converted)
     own_pe = type(backbone.pos_embed).__name__
-    if file_pe and file_pe != own_pe and any(k.startswith('pos_embed.') for k in unplaced):
-        hints.append(f"the file's position encoding is {file_pe} and the backbone's {own_pe}: "
-                     f"set pos_embed=dict(type='{file_pe}'), or pass the file made for {own_pe}")
+    pe_missing = [k for k in backbone.state_dict() if _PE_REQUIRED.match(k)
+                  and k not in converted]
+    if file_pe != own_pe and (pe_missing or any(k.startswith('pos_embed.') for k in unplaced)):
+        made_for = (f"the file's position encoding is {file_pe}" if file_pe else
+                    'the file holds no position-encoding weights (as a NoPE or RoPE-Axial model)')
+        hints.append(f"{made_for} and the backbone's is {own_pe}: "
+                     + (f"set pos_embed=dict(type='{file_pe}'), " if file_pe else
+                        'build the backbone with the pos_embed the file was trained with, ')
+                     + f'or pass the file made for {own_pe}')
     if any(re.search(r'\.gamma[12]$', k) for k in unplaced):
         hints.append(f'the file has layer scale (gamma1/gamma2) and this {name} has none'
                      + (': build it with layer_scale=True' if name == 'ViTAdapter' else ''))
@@ -300,9 +312,10 @@ def _what_to_do(backbone: nn.Module, source_keys: List[str], converted: Dict[str
 def check_backbone_state(backbone: nn.Module, source_keys: Iterable[str],
                          converted: Dict[str, Tensor], source: str = 'checkpoint') -> None:
     """Refuses a converted state dict that would leave a ViT weight of ``backbone`` (patch
-    embedding, any block; layer scale where the file has one) or, when the file holds ViT-Adapter
-    weights, any adapter weight at its initialisation, or holds a tensor ``backbone`` has no place
-    for; also a tensor of the wrong shape.
+    embedding, any block; layer scale where the file has one; the position encoding's learned
+    table and class slot, RoPE-Mixed's frequencies, PEG's convolution) or, when the file holds
+    ViT-Adapter weights, any adapter weight at its initialisation, or holds a tensor ``backbone``
+    has no place for; also a tensor of the wrong shape.
 
     Raises:
         CheckpointLayoutError: naming the layout recognised from ``source_keys``, the missing and
@@ -315,6 +328,7 @@ def check_backbone_state(backbone: nn.Module, source_keys: Iterable[str],
     layer_scale = any(re.match(r'blocks\.\d+\.gamma[12]$', k) for k in converted)
     required = [k for k in own if k.startswith(_VIT_PREFIXES)
                 and (layer_scale or not re.match(r'blocks\.\d+\.gamma[12]$', k))]
+    required += [k for k in own if _PE_REQUIRED.match(k)]
     if any(k.startswith(ADAPTER_PREFIXES) for k in converted):
         # BatchNorm's step counter is not a weight (old files lack it; mmengine ignores it too).
         required += [k for k in own if k.startswith(ADAPTER_PREFIXES)

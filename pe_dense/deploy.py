@@ -25,6 +25,7 @@ MPVG's per-block layer norms are ``LayerNormalization``.
 from __future__ import annotations
 
 import copy
+import os
 import statistics
 import time
 from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
@@ -153,7 +154,13 @@ def exportable(module: nn.Module) -> nn.Module:
 def export_onnx(module: nn.Module, image: Tensor, out: str, dynamic: bool = False,
                 opset: int = OPSET) -> List[str]:
     """Writes ``module`` applied to ``image`` (``(1, 3, H, W)``) to the ONNX file ``out`` (weights
-    inside the file) and returns the output names. ``dynamic``: free height and width."""
+    inside the file) and returns the output names. ``dynamic``: free height and width.
+
+    Raises:
+        ValueError: a dynamic export at a size that is not a multiple of 32, or an ``opset`` the
+            exporter could not write (torch's exporter starts at opset 18 and converts down only
+            where the ONNX converter can; the file is removed).
+    """
     with torch.no_grad():
         outputs = module(image)
     n_out = 1 if isinstance(outputs, Tensor) else len(outputs)
@@ -180,10 +187,24 @@ def export_onnx(module: nn.Module, image: Tensor, out: str, dynamic: bool = Fals
                                     input_names=['image'], output_names=names,
                                     external_data=False, verbose=False)
     program.save(out, external_data=False)
+    written = file_opset(out)
+    if written != opset:
+        os.remove(out)
+        raise ValueError(f'opset {opset} was asked for, but torch\'s exporter could only write '
+                         f'opset {written} for this model (it converts below opset 18 where it '
+                         f'can, and keeps 18 otherwise); nothing was written. Use an opset of at '
+                         f'least 18 (default {OPSET})')
     if dynamic and not all(d.dim_param for d in _input_dims(out)[2:]):
         raise RuntimeError(f'{out}: the exported input has a fixed size; the export was not '
                            'dynamic')
     return names
+
+
+def file_opset(path: str) -> int:
+    """The version of the default (``ai.onnx``) operator set an ONNX file imports."""
+    import onnx
+    model = onnx.load(path, load_external_data=False)
+    return next(entry.version for entry in model.opset_import if entry.domain in ('', 'ai.onnx'))
 
 
 def _check_sizes_stay_free(exported, image: Tensor) -> None:

@@ -34,6 +34,8 @@ from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from functools import partial
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
+from pe_dense.sweep import check_scales
+
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 METHODS = {'abs': 'AbsolutePE', 'none': 'NoPE', 'peg': 'PEG', 'lape': 'LaPE', 'pvg': 'PVG',
            'mpvg': 'MPVG', 'rope-axial': 'RoPEAxial', 'rope-mixed': 'RoPEMixed'}
@@ -366,9 +368,13 @@ def run_pipeline(methods: Sequence[str] = DEFAULT_METHODS, pretrain_iters: Optio
         ``results_md``.
 
     Raises:
-        ValueError: an unknown method, iterations or ``jobs`` below 1, a factor <= 0.
+        ValueError: no methods or an unknown one, iterations or ``jobs`` below 1, a factor that is
+            not a finite number > 0 (:class:`pe_dense.sweep.SweepError`).
         SystemExit: a stage failed (the message names its log file); the other stages are killed.
     """
+    if isinstance(methods, str) or not methods:
+        raise ValueError(f'methods must be a non-empty list of names from {sorted(METHODS)}, '
+                         f'got {methods!r}')
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
         raise ValueError(f'unknown methods {unknown}; choose from {sorted(METHODS)}')
@@ -376,8 +382,7 @@ def run_pipeline(methods: Sequence[str] = DEFAULT_METHODS, pretrain_iters: Optio
                         ('seg_iters', seg_iters), ('jobs', jobs)):
         if value is not None and value < 1:
             raise ValueError(f'{name} must be at least 1, got {value}')
-    if any(not s > 0 for s in sweep_scales):
-        raise ValueError('sweep_scales must all be > 0 (1.0: the configured test resolution)')
+    sweep_scales = check_scales(sweep_scales) if sweep_scales else []
     os.environ.setdefault('OMP_NUM_THREADS', str(max(1, (os.cpu_count() or 1) // jobs)))
     work_dir = osp.abspath(osp.join(ROOT, work_dir))
     say('making the mini datasets (data/mini)')

@@ -20,6 +20,7 @@ from __future__ import annotations
 import copy
 import csv
 import json
+import math
 import os
 import os.path as osp
 import time
@@ -37,14 +38,20 @@ class SweepError(ValueError):
 
 
 def check_scales(scales: Sequence[float]) -> list[float]:
-    """The factors as floats; raises :class:`SweepError` for an empty list or a factor <= 0."""
-    scales = [float(s) for s in scales]
+    """The factors as floats; raises :class:`SweepError` for an empty list or a factor that is
+    not a finite number > 0."""
+    if isinstance(scales, (str, bytes)):
+        raise SweepError(f'give the test-resolution factors as a list of numbers, not {scales!r}')
+    try:
+        scales = [float(s) for s in scales]
+    except (TypeError, ValueError):
+        raise SweepError(f'test-resolution factors must be numbers, got {scales!r}') from None
     if not scales:
         raise SweepError('give at least one test-resolution factor, e.g. --scales 0.5 1.0 2.0')
-    bad = [s for s in scales if not s > 0]
+    bad = [s for s in scales if not (s > 0 and math.isfinite(s))]
     if bad:
-        raise SweepError(f'test-resolution factors must be > 0 (got {bad}); 1.0 is the '
-                         'configured resolution, 0.5 half of it')
+        raise SweepError(f'test-resolution factors must be finite and > 0 (got {bad}); 1.0 is '
+                         'the configured resolution, 0.5 half of it')
     return scales
 
 

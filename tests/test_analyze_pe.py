@@ -1,6 +1,7 @@
 """pe_dense.analysis and tools/analyze_pe.py: numbers on planted inputs, ViTAdapter and PEViT
 classifier backbones, and the CLI end to end."""
 import csv
+import re
 import importlib.util
 import math
 import os
@@ -357,3 +358,23 @@ def test_cli_classifier_config_checkpoint_folder_and_suffix(tmp_path, cli):
     (empty / 'notes.txt').write_text('not an image')
     with pytest.raises(SystemExit, match='no images'):
         cli.main([DEIT_PVG, '--images', str(empty), '--out', str(out)])
+
+
+def test_cli_refuses_bad_arguments_before_any_work(tmp_path, image_files, cli, capsys):
+    """Wrong inputs end in argparse's one-line error (exit 2), not a traceback."""
+    base = [UPERNET, '--images', *image_files, '--out', str(tmp_path)]
+    for argv, message in (
+            ([UPERNET, '--images', str(tmp_path / 'no.png'), '--out', str(tmp_path)],
+             'no.png not found'),
+            ([str(tmp_path / 'no.py'), '--images', *image_files, '--out', str(tmp_path)],
+             'config .*no.py does not exist'),
+            ([UPERNET, str(tmp_path / 'no.pth'), '--images', *image_files, '--out',
+              str(tmp_path)], 'checkpoint .*no.pth does not exist'),
+            (base + ['--method', 'Foo'], "invalid choice: 'Foo'"),
+            (base + ['--size', '0', '0'], 'at least 32 pixels'),
+            (base + ['--batch-size', '0'], '--batch-size at least 1')):
+        with pytest.raises(SystemExit) as exit_info:
+            cli.parse_args(argv)
+        assert exit_info.value.code == 2
+        assert re.search(message, capsys.readouterr().err), argv
+    assert cli.parse_args(base + ['--method', 'RoPEMixed']).method == 'RoPEMixed'

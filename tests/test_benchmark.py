@@ -26,6 +26,14 @@ def test_sizes_are_width_by_height():
     (dict(amp='fp16', device='cpu:0'), '--amp fp16 needs --device cuda'),
     (dict(amp='fp8'), '--amp must be one of'),
     (dict(with_cp=True, train=False), '--with-cp measures training'),
+    (dict(sizes=['64x64', '20x20']), '--sizes 20x20: ViTAdapter takes images of at least 32'),
+    (dict(sizes=['0x64']), 'at least 32 pixels'),
+    (dict(sizes=['64']), "size '64' is not WIDTHxHEIGHT"),
+    (dict(sizes='64x64'), 'are lists'),
+    (dict(methods=['NoPE', 'Foo']), r"--methods: unknown \['Foo'\]"),
+    (dict(threads=0), '--threads must be >= 1'),
+    (dict(config='/nonexistent/cfg.py'), '--config /nonexistent/cfg.py does not exist'),
+    (dict(clock='gpu'), "--clock must be 'wall' or 'cpu'"),
 ])
 def test_options_that_cannot_run_are_refused(options, message):
     with pytest.raises(ValueError, match=message):
@@ -36,6 +44,7 @@ def test_options_that_can_run_pass():
     benchmark.check_options()
     benchmark.check_options(clock='cpu', amp='bf16', with_cp=True)
     benchmark.check_options(device='cuda:1', amp='fp16', repeats=1, warmup=0)
+    benchmark.check_options(sizes=['32x32', '1333x800'], methods=['RoPEAxial'], threads=1)
 
 
 def test_models_timed_per_method():

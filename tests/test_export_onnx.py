@@ -21,7 +21,7 @@ onnxruntime = pytest.importorskip('onnxruntime')
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOOL = os.path.join(ROOT, 'tools', 'export_onnx.py')
-METHODS = ['abs', 'none', 'peg', 'lape', 'pvg', 'mpvg']
+METHODS = ['abs', 'none', 'peg', 'lape', 'pvg', 'mpvg', 'rope-axial', 'rope-mixed']
 
 
 def within_bound(check):
@@ -60,8 +60,10 @@ def test_backbone_export_dynamic(method, tmp_path):
     # Resize: the ViT maps to strides 4, 8 and 32, and the learned table (4x4 for pretrain_size
     # 64) resampled to the 6x8 grid by the methods that have one, once per place that reads it
     # (a traced graph has no cache): PVG at the input and in its LayerNorm chain, MPVG also in
-    # its Last LN after the last block.
-    table_reads = dict(abs=1, none=0, peg=0, lape=1, pvg=2, mpvg=3)[method]
+    # its Last LN after the last block. The rotary methods rotate q and k by a table computed from
+    # the grid's coordinates (no Resize).
+    table_reads = {'abs': 1, 'none': 0, 'peg': 0, 'lape': 1, 'pvg': 2, 'mpvg': 3, 'rope-axial': 0,
+                   'rope-mixed': 0}[method]
     assert ops['Resize'] == 3 + table_reads
     # Conv: patch embedding 1, spatial prior module 10, ConvFFN depth-wise 3 levels x 6
     # extractors; PEG adds its depth-wise 3x3.
@@ -90,6 +92,20 @@ def test_dynamic_export_at_the_pretraining_size(tmp_path):
     changed = deploy.compare(backbone, session, torch.randn(1, 3, 96, 128))
     assert not any(d.within() for d in changed), changed
     assert min(d.rel_diff for d in changed) > 10 * deploy.RTOL
+
+
+def test_opset_written_is_the_opset_asked_for(tmp_path):
+    """The file imports the opset asked for; one the exporter cannot write is an error and leaves
+    no file (torch's exporter writes 18 when it cannot convert down)."""
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.GroupNorm(1, 4)).eval()
+    image = torch.randn(1, 3, 8, 8)
+    out = str(tmp_path / 'm.onnx')
+    deploy.export_onnx(model, image, out, opset=deploy.OPSET)
+    assert deploy.file_opset(out) == deploy.OPSET
+    os.remove(out)
+    with pytest.raises(ValueError, match='opset 5 was asked for'):
+        deploy.export_onnx(model, image, out, opset=5)
+    assert not os.path.exists(out)
 
 
 def test_difference_bound():
@@ -225,6 +241,12 @@ def test_tool_argument_errors(tmp_path):
     code, log = run_tool(mini_config('seg', 'abs'), '--out', str(tmp_path / 'x.onnx'),
                          '--shape', '16', '64')
     assert code != 0 and 'between 32 and' in log
+    code, log = run_tool(mini_config('seg', 'abs'), '--out', str(tmp_path / 'x.onnx'),
+                         '--shape', '64', '96', '--dynamic', '--second-shape', '100', '150')
+    assert code == 2 and '--second-shape 100 150: a dynamic export takes' in log
+    code, log = run_tool(mini_config('seg', 'abs'), '--out', str(tmp_path / 'x.onnx'),
+                         '--shape', '64', '64', '--part', 'backbone', '--opset', '5')
+    assert code != 0 and 'opset 5 was asked for' in log
     assert not (tmp_path / 'x.onnx').exists()
 
 

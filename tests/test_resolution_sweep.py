@@ -16,7 +16,7 @@ from mmengine.config import Config
 
 import pe_dense  # noqa: F401
 from pe_dense.models import ViTAdapter
-from pe_dense.sweep import SweepError, config_at, find_resize, resolution_sweep
+from pe_dense.sweep import SweepError, check_scales, config_at, find_resize, resolution_sweep
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 SEG = osp.join(ROOT, 'configs/mini/upernet_vit-adapter-ti-abs_mini.py')
@@ -80,6 +80,19 @@ def spy_backbone(monkeypatch):
 
     monkeypatch.setattr(ViTAdapter, 'forward', spy)
     return seen
+
+
+def test_check_scales():
+    assert check_scales([1, '0.5', 2.0]) == [1.0, 0.5, 2.0]
+    for bad in ([0.5, float('inf')], [float('nan')], [0], [-1.0]):
+        with pytest.raises(SweepError, match='must be finite and > 0'):
+            check_scales(bad)
+    with pytest.raises(SweepError, match='at least one'):
+        check_scales([])
+    with pytest.raises(SweepError, match='list of numbers'):
+        check_scales('1.0')
+    with pytest.raises(SweepError, match='must be numbers'):
+        check_scales(['x'])
 
 
 def test_pipeline_scale_is_the_configured_scale_times_the_factor(data):
@@ -211,7 +224,8 @@ def test_errors(data, seg_ckpt, tmp_path):
     proc = subprocess.run([sys.executable, 'tools/resolution_sweep.py', SEG, seg_ckpt,
                            '--scales', '1.0', '-0.5'], cwd=ROOT, capture_output=True, text=True,
                           env=ENV, timeout=300)
-    assert proc.returncode == 1 and '[pe-dense] test-resolution factors must be > 0' in proc.stderr
+    assert proc.returncode == 1 and (
+        '[pe-dense] test-resolution factors must be finite and > 0' in proc.stderr)
     proc = subprocess.run([sys.executable, 'tools/resolution_sweep.py', SEG, 'nowhere.pth'],
                           cwd=ROOT, capture_output=True, text=True, env=ENV, timeout=300)
     assert proc.returncode == 1 and 'checkpoint nowhere.pth does not exist' in proc.stderr

@@ -207,6 +207,13 @@ def test_with_ape_adds_the_table_and_options_are_checked():
         build_pos_encoding(dict(type='RoPEAxial'), embed_dim=48, depth=2)
     with pytest.raises(ValueError, match='multiple of 4'):
         rope_pe('RoPEMixed', dim=36, heads=6)
+    for method in ('RoPEAxial', 'RoPEMixed'):
+        for theta in (0, -5.0, 1.0, float('nan'), float('inf'), '100', True):
+            with pytest.raises(ValueError, match='theta must be a number > 1'):
+                rope_pe(method, theta=theta)
+        with pytest.raises(ValueError, match='with_ape must be True or False'):
+            rope_pe(method, with_ape='yes')
+    assert rope_pe('RoPEAxial', theta=2).theta == 2.0
 
 
 def tiny_adapter(method, **kwargs):
@@ -262,6 +269,52 @@ def test_classifier_checkpoint_into_adapter_uses_every_weight(tmp_path):
     assert [k for k in theirs if k.startswith('pos_embed.')] == [
         f'pos_embed.freqs.{i}' for i in range(4)]
     assert guess_pos_embed(clf.state_dict()) == 'RoPEMixed'
+
+
+def classifier_file(tmp_path, method, **opts):
+    """A tiny classifier of ``method`` saved in mmpretrain's layout; returns its path."""
+    torch.manual_seed(2)
+    clf = PEViT(arch=dict(embed_dim=48, depth=4, num_heads=3), img_size=64,
+                pos_embed=dict(type=method, **opts), drop_path_rate=0.0)
+    path = tmp_path / f'{method}.pth'
+    torch.save({'meta': {}, 'state_dict': {f'backbone.{k}': v
+                                           for k, v in clf.state_dict().items()}}, path)
+    return str(path)
+
+
+def test_files_without_the_position_encoding_weights_are_refused(tmp_path):
+    """A file that lacks the weights of the backbone's position encoding (RoPE-Axial has none)
+    stops the load instead of leaving the table or the frequencies at their initialisation; the
+    convert tool stops too and names --pos-embed."""
+    from pe_dense.checkpoint import CheckpointLayoutError
+    axial, mixed = classifier_file(tmp_path, 'RoPEAxial'), classifier_file(tmp_path, 'RoPEMixed')
+    for model, path, missing in (
+            (tiny_adapter('AbsolutePE'), axial, r'pos_embed\.\{weight\}'),
+            (tiny_adapter('RoPEMixed'), axial, r'pos_embed\.\{freqs\.\*\}'),
+            (ViTAdapter(pos_embed=dict(type='RoPEMixed', with_ape=True), embed_dim=48,
+                        num_heads=3, depth=4, pretrain_size=64, deform_num_heads=6,
+                        interaction_indexes=[[0, 0], [1, 1], [2, 2], [3, 3]]), mixed,
+             r'pos_embed\.\{weight\}')):
+        with pytest.raises(CheckpointLayoutError, match=missing + '.*What to do: the file'):
+            load_backbone_checkpoint(model, path)
+    missing, unexpected = load_backbone_checkpoint(tiny_adapter('RoPEAxial'), axial)
+    assert unexpected == [] and not [k for k in missing if k.startswith(
+        ('patch_embed.', 'blocks.', 'pos_embed.')) and not k.endswith(('.gamma1', '.gamma2'))]
+    sys.path.insert(0, os.path.join(ROOT, 'tools'))
+    try:
+        from convert_checkpoint import convert
+    finally:
+        sys.path.pop(0)
+    config = os.path.join(ROOT, 'configs', 'mini', 'upernet_vit-adapter-ti-rope-axial_mini.py')
+    tiny = dict(embed_dim=48, num_heads=3, depth=4, deform_num_heads=6,
+                interaction_indexes=[[0, 0], [1, 1], [2, 2], [3, 3]])
+    with open(tmp_path / 'tiny.py', 'w') as f:
+        f.write(f"_base_ = [{config!r}]\nmodel = dict(backbone=dict(**{tiny!r}))\n")
+    with pytest.raises(SystemExit, match=r'(?s)pos_embed\.\{weight\}.*no position-encoding '
+                       r'weights.*--pos-embed NAME'):
+        convert(axial, str(tmp_path / 'out.pth'), pos_embed='AbsolutePE',
+                config=str(tmp_path / 'tiny.py'))
+    assert not (tmp_path / 'out.pth').exists()
 
 
 def test_onnx_export_parity_through_the_tool(tmp_path):

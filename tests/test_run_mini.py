@@ -25,6 +25,20 @@ def scheduled(config, iters):
     return cfg
 
 
+def test_run_pipeline_refuses_bad_arguments_before_running_anything(monkeypatch):
+    def no_run(*args, **kwargs):
+        raise AssertionError('nothing may run')
+    monkeypatch.setattr(mini_pipeline.subprocess, 'run', no_run)
+    monkeypatch.setattr(mini_pipeline.subprocess, 'Popen', no_run)
+    for methods in ([], 'abs', ['abs', 'xyz']):
+        with pytest.raises(ValueError, match='methods'):
+            mini_pipeline.run_pipeline(methods)
+    with pytest.raises(ValueError, match='finite and > 0'):
+        mini_pipeline.run_pipeline(['abs'], sweep_scales=[1.0, float('inf')])
+    with pytest.raises(ValueError, match='at least 1'):
+        mini_pipeline.run_pipeline(['abs'], jobs=0)
+
+
 def test_schedule_follows_the_number_of_iterations():
     det = osp.join(ROOT, 'configs/mini/mask-rcnn_vit-adapter-ti-abs_fpn_mini.py')
     seg = osp.join(ROOT, 'configs/mini/upernet_vit-adapter-ti-abs_mini.py')

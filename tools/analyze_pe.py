@@ -35,6 +35,7 @@ from mmengine.config import Config
 from pe_dense.analysis import (IMAGE_EXTENSIONS, analyze, build_backbone, load_images,
                                normalization_from_config)
 from pe_dense.checkpoint import load_backbone_checkpoint
+from pe_dense.registry import POS_ENCODINGS
 
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
@@ -47,7 +48,8 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser.add_argument('--out', required=True, help='output directory')
     parser.add_argument('--size', nargs=2, type=int, default=(512, 512), metavar=('H', 'W'),
                         help='resize the images to H x W pixels (default 512 512)')
-    parser.add_argument('--method', help='position encoding replacing pos_embed.type (AbsolutePE, '
+    parser.add_argument('--method', choices=sorted(POS_ENCODINGS.module_dict), metavar='NAME',
+                        help='position encoding replacing pos_embed.type (AbsolutePE, '
                         'NoPE, PEG, LaPE, PVG, MPVG, RoPEAxial, RoPEMixed)')
     parser.add_argument('--sim-layer', type=int, help='layer whose PE the similarity figure '
                         'shows (default: the first layer with a PE)')
@@ -60,7 +62,16 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser.add_argument('--device', default='cpu', help='torch device (default cpu)')
     parser.add_argument('--seed', type=int, default=0, help='seed of the random initialisation '
                         '(what a checkpoint does not cover; default 0)')
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    for what, path in (('config', args.config), ('checkpoint', args.checkpoint)):
+        if path and not os.path.isfile(path):
+            parser.error(f'{what} {path} does not exist')
+    missing = [p for p in args.images if not os.path.exists(p)]
+    if missing:
+        parser.error(f'--images: {", ".join(missing)} not found')
+    if min(args.size) < 32 or args.batch_size < 1:
+        parser.error('--size H W takes at least 32 pixels a side and --batch-size at least 1')
+    return args
 
 
 def expand_images(paths: List[str]) -> List[str]:

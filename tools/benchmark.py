@@ -58,7 +58,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     try:
         check_options(args.repeats, args.warmup, args.batch, args.clock, args.device, args.amp,
-                      args.with_cp, not args.no_train)
+                      args.with_cp, not args.no_train, args.sizes, args.methods, args.threads,
+                      args.config)
     except ValueError as e:
         parser.error(str(e))
     return args
@@ -66,10 +67,13 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
     args = parse_args(argv)
-    meta, records = run_benchmark(
-        args.config, args.methods, args.sizes, args.batch, args.device, args.threads,
-        args.repeats, args.warmup, args.reference, args.compare, args.with_cp, args.clock,
-        args.amp, train=not args.no_train, memory=not args.no_memory, flops=not args.no_flops)
+    try:
+        meta, records = run_benchmark(
+            args.config, args.methods, args.sizes, args.batch, args.device, args.threads,
+            args.repeats, args.warmup, args.reference, args.compare, args.with_cp, args.clock,
+            args.amp, train=not args.no_train, memory=not args.no_memory, flops=not args.no_flops)
+    except ValueError as e:  # a config whose backbone is not a ViTAdapter
+        raise SystemExit(f'error: {e}')
     table = markdown(meta, records, args.compare, args.with_cp)
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, 'benchmark.md'), 'w') as f:

@@ -24,13 +24,15 @@ from pe_dense.checkpoint import (CheckpointLayoutError, pe_dense_checkpoint,
                                  prepare_backbone_state, read_checkpoint, recognise_layout,
                                  summarize_keys, unwrap_state_dict)
 from pe_dense.models import ViTAdapter
+from pe_dense.registry import POS_ENCODINGS
 
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     parser.add_argument('src', help='checkpoint to convert (path or URL)')
     parser.add_argument('dst', help='where to write the pe-dense checkpoint')
-    parser.add_argument('--pos-embed', default=None,
+    parser.add_argument('--pos-embed', default=None, choices=sorted(POS_ENCODINGS.module_dict),
+                        metavar='NAME',
                         help='position encoding the checkpoint is for (AbsolutePE, NoPE, PEG, '
                         'LaPE, PVG, MPVG, RoPEAxial, RoPEMixed); default: the one recorded in '
                         'a pe-dense file, else AbsolutePE')
@@ -38,7 +40,12 @@ def parse_args(argv=None):
                         'architecture (default: ViT-Adapter-Ti)')
     parser.add_argument('--backbone-only', action='store_true',
                         help='of a whole detector/segmentor, keep only the backbone')
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if '://' not in args.src and not os.path.isfile(args.src):
+        parser.error(f'{args.src} does not exist')
+    if args.config and not os.path.isfile(args.config):
+        parser.error(f'--config {args.config} does not exist')
+    return args
 
 
 def build_backbone(config, pos_embed):
@@ -78,7 +85,7 @@ def convert(src, dst, pos_embed=None, config=None, backbone_only=False):
         out.update({k: v for k, v in state.items() if not k.startswith('backbone.')})
     os.makedirs(os.path.dirname(os.path.abspath(dst)), exist_ok=True)
     torch.save(pe_dense_checkpoint(out, pos_embed, source=src), dst)
-    print(f'wrote {dst}: {len(out)} tensors for a {pos_embed} backbone'
+    print(f'wrote {dst}: {len(out)} tensors for a ViTAdapter with {pos_embed}'
           f'{" (whole model)" if whole_model and not backbone_only else ""} from '
           f'{recognise_layout(sub)}; backbone parameters not in the source (left to their '
           f'initialisation): {summarize_keys(missing)}; source keys this backbone does not use, '

@@ -64,6 +64,10 @@ def parse_args(argv=None):
     args = parser.parse_args(argv)
     if args.second_shape and not args.dynamic:
         parser.error('--second-shape needs --dynamic (a static graph takes one size)')
+    for flag, shape in (('--shape', args.shape), ('--second-shape', args.second_shape)):
+        if args.dynamic and shape and any(v % 32 for v in shape):
+            parser.error(f'{flag} {shape[0]} {shape[1]}: a dynamic export takes heights and '
+                         'widths that are multiples of 32')
     return args
 
 
@@ -92,8 +96,11 @@ def main(argv=None) -> int:
 
     os.makedirs(osp.dirname(osp.abspath(args.out)), exist_ok=True)
     start = time.perf_counter()
-    names = deploy.export_onnx(module, images[0], args.out, dynamic=args.dynamic,
-                               opset=args.opset)
+    try:
+        names = deploy.export_onnx(module, images[0], args.out, dynamic=args.dynamic,
+                                   opset=args.opset)
+    except ValueError as e:  # an opset the exporter cannot write
+        raise SystemExit(f'error: {e}')
     seconds = time.perf_counter() - start
     ops = deploy.onnx_operators(args.out)
     size = 'free height and width' if args.dynamic else 'static size %dx%d' % shapes[0]

@@ -23,6 +23,7 @@ if ROOT not in sys.path:
 
 from pe_dense.mini_pipeline import (DEFAULT_METHODS, DEFAULT_SWEEP_SCALES,  # noqa: E402
                                     METHODS, quiet_warnings, run_pipeline)
+from pe_dense.sweep import SweepError, check_scales  # noqa: E402
 
 
 def main():
@@ -52,8 +53,11 @@ def main():
     for flag in ('pretrain_iters', 'det_iters', 'seg_iters', 'jobs'):
         if getattr(args, flag) is not None and getattr(args, flag) < 1:
             parser.error(f'--{flag.replace("_", "-")} must be at least 1')
-    if any(not s > 0 for s in args.sweep_scales):
-        parser.error('--sweep-scales must all be > 0 (1.0: the configured test resolution)')
+    if args.sweep_scales:
+        try:
+            check_scales(args.sweep_scales)
+        except SweepError as e:
+            parser.error(f'--sweep-scales: {e}')
     start = time.time()
     result = run_pipeline(args.methods, args.pretrain_iters, args.det_iters, args.seg_iters,
                           args.jobs, args.work_dir, args.sweep_scales, args.skip_baseline)

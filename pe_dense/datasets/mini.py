@@ -412,18 +412,23 @@ def describe(summary: dict) -> str:
 
 
 def make_all(out: PathLike, seed: int = 0, num_train: int = 64, num_val: int = 16,
-             size: tuple[int, int] = (128, 128), cls_train: int = 64, cls_val: int = 16,
-             force: bool = False) -> Iterator[tuple[dict, float]]:
+             size: tuple[int, int] | int = (128, 128), cls_train: int = 64,
+             cls_val: int = 16, force: bool = False) -> Iterator[tuple[dict, float]]:
     """Writes the three datasets under ``out``: ``coco/`` and ``ade/`` with ``num_train`` /
     ``num_val`` images, ``imagenet/`` with ``cls_train`` / ``cls_val`` images per class, all of
-    ``size`` (H, W). Yields, as each one is done, its summary (see :func:`make_coco`) and the
+    ``size`` (H, W; one int: square). A generator: nothing is written until it is iterated
+    (``list(make_all(...))`` writes all three). Yields, as each one is done, its summary (see :func:`make_coco`) and the
     seconds it took (wall clock), in the order COCO, ADE20K, ImageNet.
 
     Raises:
-        ValueError: a split without images, a side under ``MIN_SIDE`` or a negative seed.
+        ValueError: a split without images, a side under ``MIN_SIDE``, a negative seed or a
+            ``size`` of another length.
     """
     out = Path(out)
-    common = dict(seed=seed, size=tuple(size), force=force)
+    size = (size, size) if isinstance(size, int) else tuple(size)
+    if len(size) != 2:
+        raise ValueError(f'size is (H, W) or one side for square images, got {size!r}')
+    common = dict(seed=seed, size=size, force=force)
     for name, make, train, val in (('coco', make_coco, num_train, num_val),
                                    ('ade', make_ade, num_train, num_val),
                                    ('imagenet', make_imagenet, cls_train, cls_val)):

@@ -32,6 +32,7 @@ zero q and k of the padded positions stay zero under any rotation.)
 """
 from __future__ import annotations
 
+import math
 from typing import Dict, List, Optional
 
 import torch
@@ -64,7 +65,8 @@ class RotaryPE(LearnedTable):
         with_ape: also add the learned absolute table at the input ("+APE").
 
     Raises:
-        ValueError: for an unknown ``coords``, a missing ``num_heads`` or head channels that are
+        ValueError: for an unknown ``coords``, a ``theta`` that is not a finite number > 1, a
+            ``with_ape`` that is not a bool, a missing ``num_heads`` or head channels that are
             not a multiple of 4.
     """
 
@@ -77,6 +79,14 @@ class RotaryPE(LearnedTable):
             PositionEncoding.__init__(self, **kwargs)
         if coords not in COORDS:
             raise ValueError(f'coords must be one of {COORDS}, got {coords!r}')
+        if isinstance(theta, bool) or not isinstance(theta, (int, float)) \
+                or not math.isfinite(theta) or theta <= 1:
+            raise ValueError(f'{type(self).__name__}: theta must be a number > 1 (the base of the '
+                             f'frequencies 1 / theta^(4k/d); rope-vit uses 100 for RoPE-Axial, 10 '
+                             f'for RoPE-Mixed), got {theta!r}')
+        if not isinstance(with_ape, bool):
+            raise ValueError(f'{type(self).__name__}: with_ape must be True or False, got '
+                             f'{with_ape!r}')
         if not self.num_heads:
             raise ValueError(f'{type(self).__name__} needs num_heads (the backbone passes it); '
                              'build it through ViTAdapter or PEViT or pass num_heads=')
