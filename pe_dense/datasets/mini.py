@@ -417,8 +417,8 @@ def make_all(out: PathLike, seed: int = 0, num_train: int = 64, num_val: int = 1
     """Writes the three datasets under ``out``: ``coco/`` and ``ade/`` with ``num_train`` /
     ``num_val`` images, ``imagenet/`` with ``cls_train`` / ``cls_val`` images per class, all of
     ``size`` (H, W; one int: square). A generator: nothing is written until it is iterated
-    (``list(make_all(...))`` writes all three). Yields, as each one is done, its summary (see :func:`make_coco`) and the
-    seconds it took (wall clock), in the order COCO, ADE20K, ImageNet.
+    (``list(make_all(...))`` writes all three). Yields, as each one is done, its summary (see
+    :func:`make_coco`) and the seconds it took (wall clock), in the order COCO, ADE20K, ImageNet.
 
     Raises:
         ValueError: a split without images, a side under ``MIN_SIDE``, a negative seed or a
