@@ -261,3 +261,23 @@ def test_cli_skips_up_to_date_output_and_rewrites_on_change(tmp_path, capsys):
     assert [p.name for p in ade_train.iterdir()] == ['ADE_train_00000001.png']
     with pytest.raises(ValueError, match='at least'):
         mmd.make_coco(tmp_path / 'bad', size=(16, 16))
+
+
+def test_cli_refuses_bad_arguments_before_writing(tmp_path, capsys):
+    """Sizes under 32 pixels, empty splits, a negative seed or a file as --out: argparse's error
+    (exit 2) before anything is written."""
+    afile = tmp_path / 'afile'
+    afile.write_text('x')
+    out = tmp_path / 'out'
+    for extra, message in ((['--size', '0'], 'at least 32 pixels'),
+                           (['--size', '64', '16'], 'at least 32 pixels'),
+                           (['--num-train', '0'], '--num-val, --cls-train, --cls-val >= 1'),
+                           (['--cls-val', '0'], '--cls-val >= 1'),
+                           (['--seed', '-1'], '--seed must be >= 0')):
+        with pytest.raises(SystemExit) as exit_info:
+            cli.parse_args(['--out', str(out)] + extra)
+        assert exit_info.value.code == 2 and message in capsys.readouterr().err, extra
+    with pytest.raises(SystemExit):
+        cli.parse_args(['--out', str(afile)])
+    assert 'is a file, not a folder' in capsys.readouterr().err
+    assert not out.exists()

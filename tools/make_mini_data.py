@@ -18,7 +18,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
-from pe_dense.datasets.mini import describe, make_all  # noqa: E402
+from pe_dense.datasets.mini import MIN_SIDE, describe, make_all  # noqa: E402
 
 
 def parse_args(argv: Optional[list] = None) -> argparse.Namespace:
@@ -38,6 +38,13 @@ def parse_args(argv: Optional[list] = None) -> argparse.Namespace:
     if len(args.size) not in (1, 2):
         parser.error('--size takes one value (square side) or two (H W)')
     args.size = (args.size[0], args.size[-1])
+    if min(args.size) < MIN_SIDE:
+        parser.error(f'--size: image sides must be at least {MIN_SIDE} pixels')
+    counts = ('num_train', 'num_val', 'cls_train', 'cls_val')
+    if args.seed < 0 or any(getattr(args, n) < 1 for n in counts):
+        parser.error('--seed must be >= 0 and --num-train, --num-val, --cls-train, --cls-val >= 1')
+    if os.path.exists(args.out) and not os.path.isdir(args.out):
+        parser.error(f'--out {args.out} is a file, not a folder')
     return args
 
 
