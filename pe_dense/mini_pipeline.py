@@ -106,11 +106,14 @@ def run(cmd: Sequence[str], label: str, log_path: str) -> Tuple[float, float]:
     return time.time() - start, usage.ru_utime + usage.ru_stime
 
 
-def evaluate(config: str, checkpoint: str, work_dir: str, label: str) -> dict:
-    """``tools/test.py`` on ``checkpoint`` in ``work_dir``; returns its metrics (``--out`` JSON)."""
+def evaluate(config: str, checkpoint: str, work_dir: str, label: str,
+             options: Sequence[str] = ()) -> dict:
+    """``tools/test.py`` on ``checkpoint`` in ``work_dir`` (``options``: its ``--cfg-options``);
+    returns its metrics (``--out`` JSON)."""
     out = osp.join(work_dir, 'metrics.json')
+    extra = ['--cfg-options', *options] if options else []
     run([sys.executable, 'tools/test.py', config, checkpoint, '--work-dir', work_dir,
-         '--out', out], f'{label} eval', osp.join(work_dir, 'test.log'))
+         '--out', out, *extra], f'{label} eval', osp.join(work_dir, 'test.log'))
     with open(out) as f:
         return json.load(f)
 
@@ -195,13 +198,15 @@ def untrained_checkpoint(config: str, path: str) -> None:
 
 
 def sweep_stage(config: str, checkpoint: str, work_dir: str, scales: Sequence[float],
-                label: str) -> Tuple[list, float, float]:
+                label: str, options: Sequence[str] = ()) -> Tuple[list, float, float]:
     """Evaluates ``checkpoint`` at the test-resolution factors ``scales`` with
-    ``tools/resolution_sweep.py`` (files in ``work_dir``); returns (its rows from ``sweep.json``,
-    wall-clock seconds, CPU seconds)."""
+    ``tools/resolution_sweep.py`` (files in ``work_dir``; ``options``: its ``--cfg-options``);
+    returns (its rows from ``sweep.json``, wall-clock seconds, CPU seconds)."""
     os.makedirs(work_dir, exist_ok=True)
+    extra = ['--cfg-options', *options] if options else []
     seconds, cpu = run([sys.executable, 'tools/resolution_sweep.py', config, checkpoint,
-                        '--scales', *map(str, scales), '--work-dir', work_dir, '--out', work_dir],
+                        '--scales', *map(str, scales), '--work-dir', work_dir, '--out', work_dir,
+                        *extra],
                        f'{label} sweep', osp.join(work_dir, 'sweep.log'))
     with open(osp.join(work_dir, 'sweep.json')) as f:
         return json.load(f)['rows'], seconds, cpu
@@ -230,25 +235,116 @@ def _number(value, fmt):
 
 
 def table(rows: List[dict]) -> str:
-    """The Markdown table: one row per (method, initialisation)."""
-    lines = ['| method | backbone init | top-1 (%) | box AP | mask AP | mIoU | '
+    """The Markdown table: one row per (seed, method, initialisation)."""
+    lines = ['| method | backbone init | seed | top-1 (%) | box AP | mask AP | mIoU | '
              'time: pre-train / det / seg |',
-             '|---|---|---|---|---|---|---|']
+             '|---|---|---|---|---|---|---|---|']
     for r in rows:
         times = ' / '.join(_number(r[k], '.0f') + ('' if r[k] is None else ' s')
                            for k in ('pretrain_seconds', 'det_seconds', 'seg_seconds'))
-        lines.append(f"| {r['method']} | {r['init']} | {_number(r['top1'], '.1f')} | "
-                     f"{r['bbox_mAP']:.3f} | {r['segm_mAP']:.3f} | {r['mIoU']:.2f} | {times} |")
+        lines.append(f"| {r['method']} | {r['init']} | {r.get('seed', '-')} | "
+                     f"{_number(r['top1'], '.1f')} | {r['bbox_mAP']:.3f} | {r['segm_mAP']:.3f} | "
+                     f"{r['mIoU']:.2f} | {times} |")
     return '\n'.join(lines)
 
 
-def pretrain_stage(short: str, work_root: str, iters: int, done: dict) -> dict:
-    """Pre-trains the classifier of one method (``short``, a key of ``METHODS``) in a folder of
-    ``work_root``; returns its part of the pre-trained row."""
-    label = f'{METHODS[short]} pre-train'
+SUMMARY_METRICS = ('top1', 'bbox_mAP', 'segm_mAP', 'mIoU')
+DIFFERENCE = 'pre-trained - random'
+
+
+def _mean_sd(values: List[float]) -> Tuple[float, Optional[float]]:
+    """Mean and sample standard deviation (n - 1 in the denominator; None for one value)."""
+    mean = sum(values) / len(values)
+    if len(values) < 2:
+        return mean, None
+    return mean, (sum((v - mean) ** 2 for v in values) / (len(values) - 1)) ** 0.5
+
+
+def seed_summary(rows: List[dict]) -> List[dict]:
+    """Statistics over the seeds of the rows of :func:`run_pipeline`: per (method,
+    initialisation), in the order of the rows, ``dict(method, init, seeds, mean, sd)`` with
+    ``mean`` / ``sd`` mapping each metric of ``SUMMARY_METRICS`` that the rows have to its mean and
+    sample standard deviation (None with one seed); then per method that has both, the same for
+    the per-seed difference pre-trained minus random (``init`` = ``DIFFERENCE``; box AP, mask AP,
+    mIoU), pairing the two runs of each seed, which share their data."""
+    groups: Dict[Tuple[str, str], Dict[int, dict]] = {}
+    for row in rows:
+        groups.setdefault((row['method'], row['init']), {})[row.get('seed', 0)] = row
+
+    def stats(method, init, by_seed, metrics):
+        entry = dict(method=method, init=init, seeds=sorted(by_seed), mean={}, sd={})
+        for key in metrics:
+            values = [by_seed[s][key] for s in sorted(by_seed) if by_seed[s].get(key) is not None]
+            if values:
+                entry['mean'][key], entry['sd'][key] = _mean_sd(values)
+        return entry
+
+    out = [stats(method, init, by_seed, SUMMARY_METRICS)
+           for (method, init), by_seed in groups.items()]
+    for (method, init), pre in groups.items():
+        random = groups.get((method, 'random'))
+        if init != 'pre-trained' or not random:
+            continue
+        paired = {seed: {k: pre[seed][k] - random[seed][k] for k in SUMMARY_METRICS[1:]}
+                  for seed in pre if seed in random}
+        if paired:
+            out.append(stats(method, DIFFERENCE, paired, SUMMARY_METRICS[1:]))
+    return out
+
+
+def summary_table(summary: List[dict]) -> str:
+    """The Markdown table of :func:`seed_summary`: mean +- sample standard deviation per metric
+    (top-1 in %, box and mask AP, mIoU in %)."""
+    formats = dict(top1='.1f', bbox_mAP='.3f', segm_mAP='.3f', mIoU='.2f')
+    lines = ['| method | backbone init | seeds | top-1 (%) | box AP | mask AP | mIoU |',
+             '|---|---|---|---|---|---|---|']
+    for entry in summary:
+        cells = []
+        for key in SUMMARY_METRICS:
+            if key not in entry['mean']:
+                cells.append('-')
+                continue
+            fmt = formats[key]
+            sign = '+' if entry['init'] == DIFFERENCE else ''
+            cell = format(entry['mean'][key], sign + fmt)
+            if entry['sd'][key] is not None:
+                cell += ' ± ' + format(entry['sd'][key], fmt)
+            cells.append(cell)
+        lines.append(f"| {entry['method']} | {entry['init']} | {len(entry['seeds'])} | "
+                     + ' | '.join(cells) + ' |')
+    return '\n'.join(lines)
+
+
+def seed_options(kind: str, seed: int, data_root: str) -> List[str]:
+    """``--cfg-options`` that run a mini config of ``kind`` ('cls', 'det' or 'seg') with training
+    seed ``seed`` (``randomness.seed``) on the mini data written under ``data_root`` (the folder
+    of ``coco/``, ``ade/`` and ``imagenet/``)."""
+    sub = {'cls': 'imagenet', 'det': 'coco/', 'seg': 'ade/ADEChallengeData2016'}[kind]
+    root = osp.join(data_root, sub)
+    options = [f'randomness.seed={seed}']
+    options += [f'{loader}.dataset.data_root={root}'
+                for loader in ('train_dataloader', 'val_dataloader', 'test_dataloader')]
+    if kind == 'det':
+        ann_file = osp.join(root, 'annotations', 'instances_val2017.json')
+        options += [f'val_evaluator.ann_file={ann_file}', f'test_evaluator.ann_file={ann_file}']
+    return options
+
+
+def data_root(seed: int) -> str:
+    """Where the main job writes the mini data of ``seed``: ``data/mini`` for seed 0 (the mini
+    configs' own paths), ``data/mini_seed<seed>`` for the others; absolute."""
+    return osp.join(ROOT, 'data', 'mini' if seed == 0 else f'mini_seed{seed}')
+
+
+def pretrain_stage(short: str, seed: int, work_root: str, iters: int, done: dict) -> dict:
+    """Pre-trains the classifier of one method (``short``, a key of ``METHODS``) with ``seed``
+    (its data and its training) in a folder of ``work_root``; returns its part of the pre-trained
+    row."""
+    label = f'{METHODS[short]} pre-train' + _seed_label(seed)
     say(f'{label}: ViT classifier on mini ImageNet, {iters} iterations')
     work_dir = osp.join(work_root, f'{short}_pretrain')
-    cls, seconds, cpu = train_and_evaluate(PRETRAIN.format(short), work_dir, iters, 'cls', label)
+    cls, seconds, cpu = train_and_evaluate(PRETRAIN.format(short), work_dir, iters, 'cls', label,
+                                           seed_options('cls', seed, data_root(seed)))
     top1, top5 = cls['accuracy/top1'], cls.get('accuracy/top5')
     say(f'{label}: top-1 {top1:.1f}%' + ('' if top5 is None else f', top-5 {top5:.1f}%')
         + f' ({seconds:.0f} s)')
@@ -256,20 +352,21 @@ def pretrain_stage(short: str, work_root: str, iters: int, done: dict) -> dict:
                 checkpoint=osp.join(work_dir, f'iter_{iters}.pth'))
 
 
-def dense_stage(short: str, kind: str, work_root: str, sweep_scales: Sequence[float], iters: int,
-                pretrain: Optional[str], done: dict) -> dict:
-    """Trains and evaluates Mask R-CNN (``kind`` 'det') or UperNet ('seg') of one method, from
-    the checkpoint of the finished stage ``pretrain`` (``done[pretrain]``) or, with ``pretrain``
-    None, from random initialisation, in a folder of ``work_root``; a pre-trained segmentor is then
-    swept over the test-resolution factors ``sweep_scales`` (none: no sweep). Returns its part of
-    the row."""
+def dense_stage(short: str, kind: str, seed: int, work_root: str, sweep_scales: Sequence[float],
+                iters: int, pretrain: Optional[str], done: dict) -> dict:
+    """Trains and evaluates Mask R-CNN (``kind`` 'det') or UperNet ('seg') of one method with
+    ``seed`` (its data and its training), from the checkpoint of the finished stage ``pretrain``
+    (``done[pretrain]``) or, with ``pretrain`` None, from random initialisation, in a folder of
+    ``work_root``; a pre-trained segmentor is then swept over the test-resolution factors
+    ``sweep_scales`` (none: no sweep). Returns its part of the row."""
     checkpoint = done[pretrain]['checkpoint'] if pretrain else None
     init = 'pre-trained' if checkpoint else 'random'
-    label = f'{METHODS[short]} {kind} ({init})'
+    label = f'{METHODS[short]} {kind} ({init})' + _seed_label(seed)
     say(f'{label}: {"Mask R-CNN" if kind == "det" else "UperNet"}, {iters} iterations')
     work_dir = osp.join(work_root, f'{short}_{kind}' + ('_pretrained' if checkpoint else ''))
     config = (DET if kind == 'det' else SEG).format(short)
-    options = pretrained_options(checkpoint) if checkpoint else []
+    data = seed_options(kind, seed, data_root(seed))
+    options = data + (pretrained_options(checkpoint) if checkpoint else [])
     metrics, seconds, cpu = train_and_evaluate(config, work_dir, iters, kind, label, options)
     if checkpoint:
         read, missing = loaded_weights(osp.join(work_dir, 'train.log'), checkpoint)
@@ -283,26 +380,32 @@ def dense_stage(short: str, kind: str, work_root: str, sweep_scales: Sequence[fl
     result = dict(metrics, **{f'{kind}_seconds': seconds, f'{kind}_cpu_seconds': cpu})
     if kind == 'seg' and checkpoint and sweep_scales:
         swept, seconds, cpu = sweep_stage(config, osp.join(work_dir, f'iter_{iters}.pth'),
-                                          osp.join(work_dir, 'sweep'), sweep_scales, label)
+                                          osp.join(work_dir, 'sweep'), sweep_scales, label, data)
         result.update(sweep=swept, sweep_seconds=seconds, sweep_cpu_seconds=cpu)
         say(f'{label}: mIoU at test resolution ' + ', '.join(
             f"{s['scale']:g}x {s['metrics']['mIoU']:.2f}" for s in swept) + f' ({seconds:.0f} s)')
     return result
 
 
-def baseline_stage(work_root: str, done: dict) -> dict:
-    """Evaluates the untrained AbsolutePE models in folders of ``work_root``; returns the baseline
-    row."""
-    say('untrained baseline (AbsolutePE, random initialisation)')
-    row = dict(method='AbsolutePE', init='untrained', top1=None, pretrain_seconds=None,
-               det_seconds=None, seg_seconds=None)
+def baseline_stage(seed: int, work_root: str, done: dict) -> dict:
+    """Evaluates the untrained AbsolutePE models on the validation data of ``seed`` in folders of
+    ``work_root``; returns the baseline row."""
+    say('untrained baseline (AbsolutePE, random initialisation)' + _seed_label(seed))
+    row = dict(method='AbsolutePE', init='untrained', seed=seed, top1=None,
+               pretrain_seconds=None, det_seconds=None, seg_seconds=None)
     for config, kind in ((DET.format('abs'), 'det'), (SEG.format('abs'), 'seg')):
         work_dir = osp.join(work_root, f'untrained_{kind}')
         os.makedirs(work_dir, exist_ok=True)
         ckpt = osp.join(work_dir, 'init.pth')
         untrained_checkpoint(config, ckpt)
-        row.update(evaluate(config, ckpt, work_dir, f'untrained {kind}'))
+        row.update(evaluate(config, ckpt, work_dir, f'untrained {kind}',
+                            seed_options(kind, seed, data_root(seed))))
     return row
+
+
+def _seed_label(seed: int) -> str:
+    return f' [seed {seed}]'
+
 
 
 def show(line: str) -> None:
@@ -343,11 +446,24 @@ def run_stages(stages: Dict[str, Tuple[Sequence[str], Callable[[dict], Any]]],
 
 
 
+def check_seeds(seeds: Sequence[int]) -> List[int]:
+    """``seeds`` as a list: a non-empty sequence of distinct integers >= 0 (ValueError
+    otherwise)."""
+    if isinstance(seeds, (str, int)) or not seeds:
+        raise ValueError(f'seeds must be a non-empty list of integers >= 0, got {seeds!r}')
+    seeds = list(seeds)
+    if any(isinstance(s, bool) or not isinstance(s, int) or s < 0 for s in seeds):
+        raise ValueError(f'seeds must be integers >= 0, got {seeds}')
+    if len(set(seeds)) != len(seeds):
+        raise ValueError(f'seeds must be distinct, got {seeds}')
+    return seeds
+
+
 def run_pipeline(methods: Sequence[str] = DEFAULT_METHODS, pretrain_iters: Optional[int] = None,
                  det_iters: Optional[int] = None, seg_iters: Optional[int] = None, jobs: int = 2,
                  work_dir: str = 'work_dirs/mini',
                  sweep_scales: Sequence[float] = DEFAULT_SWEEP_SCALES,
-                 skip_baseline: bool = False) -> dict:
+                 skip_baseline: bool = False, seeds: Sequence[int] = (0,)) -> dict:
     """Runs the main job and writes ``<work_dir>/results.md`` and ``results.json``.
 
     Args:
@@ -357,19 +473,26 @@ def run_pipeline(methods: Sequence[str] = DEFAULT_METHODS, pretrain_iters: Optio
             scaled to them (:func:`schedule_options`).
         jobs: runs at the same time; each gets ``OMP_NUM_THREADS`` = CPU cores / ``jobs`` unless
             ``OMP_NUM_THREADS`` is set (it is set in ``os.environ`` for the stages).
-        work_dir: where the runs and the results go; a relative path is taken from ``ROOT``.
+        work_dir: where the runs and the results go; a relative path is taken from ``ROOT``. With
+            several seeds, each seed's runs go to ``<work_dir>/seed<seed>/``.
         sweep_scales: test-resolution factors of each pre-trained segmentor (empty: no sweep).
-        skip_baseline: leave out the untrained AbsolutePE row.
+        skip_baseline: leave out the untrained AbsolutePE rows.
+        seeds: each seed s gives its own mini data (``tools/make_mini_data.py --seed s``, in
+            :func:`data_root`) and its own training seed (``randomness.seed=s``) to every stage;
+            every (method, initialisation) runs once per seed. With more than one seed,
+            ``results.md`` also gets the mean and the spread over the seeds
+            (:func:`seed_summary`).
 
     Returns:
-        ``dict(pretrain_iters, det_iters, seg_iters, jobs, threads, rows, text, results_md,
-        results_json)``: the iterations run, the rows of the table (one per method and
-        initialisation, the metrics and the seconds of each stage), the Markdown text written to
-        ``results_md``.
+        ``dict(pretrain_iters, det_iters, seg_iters, jobs, threads, seeds, rows, summary, text,
+        results_md, results_json)``: the iterations run, the rows of the table (one per seed,
+        method and initialisation, the metrics and the seconds of each stage), the statistics over
+        the seeds (:func:`seed_summary`), the Markdown text written to ``results_md``.
 
     Raises:
-        ValueError: no methods or an unknown one, iterations or ``jobs`` below 1, a factor that is
-            not a finite number > 0 (:class:`pe_dense.sweep.SweepError`).
+        ValueError: no methods or an unknown one, iterations or ``jobs`` below 1, seeds that are
+            not distinct integers >= 0, a factor that is not a finite number > 0
+            (:class:`pe_dense.sweep.SweepError`).
         SystemExit: a stage failed (the message names its log file); the other stages are killed.
     """
     if isinstance(methods, str) or not methods:
@@ -382,12 +505,14 @@ def run_pipeline(methods: Sequence[str] = DEFAULT_METHODS, pretrain_iters: Optio
                         ('seg_iters', seg_iters), ('jobs', jobs)):
         if value is not None and value < 1:
             raise ValueError(f'{name} must be at least 1, got {value}')
+    seeds = check_seeds(seeds)
     sweep_scales = check_scales(sweep_scales) if sweep_scales else []
     os.environ.setdefault('OMP_NUM_THREADS', str(max(1, (os.cpu_count() or 1) // jobs)))
     work_dir = osp.abspath(osp.join(ROOT, work_dir))
-    say('making the mini datasets (data/mini)')
-    subprocess.run([sys.executable, 'tools/make_mini_data.py', '--out', 'data/mini'], check=True,
-                   cwd=ROOT, env=subprocess_env())
+    for seed in seeds:
+        say(f'making the mini datasets of seed {seed} ({osp.relpath(data_root(seed), ROOT)})')
+        subprocess.run([sys.executable, 'tools/make_mini_data.py', '--out', data_root(seed),
+                        '--seed', str(seed)], check=True, cwd=ROOT, env=subprocess_env())
 
     from mmengine.config import Config
 
@@ -397,50 +522,62 @@ def run_pipeline(methods: Sequence[str] = DEFAULT_METHODS, pretrain_iters: Optio
     pretrain_iters = pretrain_iters or configured(PRETRAIN)
     det_iters = det_iters or configured(DET)
     seg_iters = seg_iters or configured(SEG)
-    say(f'{len(methods)} method(s): pre-training ({pretrain_iters} iterations), then Mask '
-        f'R-CNN ({det_iters}) and UperNet ({seg_iters}) from the pre-trained checkpoint and from '
-        f'random initialisation; {jobs} run(s) at a time, '
-        f'{os.environ["OMP_NUM_THREADS"]} thread(s) each')
-    # In order of preference: per method, the pre-training first, then the random-init runs
-    # (which need nothing) while it runs, then the runs that start from its checkpoint.
+    say(f'{len(methods)} method(s), seed(s) {", ".join(map(str, seeds))}: pre-training '
+        f'({pretrain_iters} iterations), then Mask R-CNN ({det_iters}) and UperNet ({seg_iters}) '
+        f'from the pre-trained checkpoint and from random initialisation; {jobs} run(s) at a '
+        f'time, {os.environ["OMP_NUM_THREADS"]} thread(s) each')
+    # In order of preference: per seed and method, the pre-training first, then the random-init
+    # runs (which need nothing) while it runs, then the runs that start from its checkpoint.
     stages = {}
-    for short in methods:
-        pre = f'{short} pretrain'
-        stages[pre] = ((), partial(pretrain_stage, short, work_dir, pretrain_iters))
-        for kind, iters in (('det', det_iters), ('seg', seg_iters)):
-            stages[f'{short} {kind} random'] = ((), partial(dense_stage, short, kind, work_dir,
-                                                            sweep_scales, iters, None))
-        for kind, iters in (('det', det_iters), ('seg', seg_iters)):
-            stages[f'{short} {kind} pre-trained'] = ((pre,), partial(
-                dense_stage, short, kind, work_dir, sweep_scales, iters, pre))
-    if not skip_baseline:
-        stages['baseline'] = ((), partial(baseline_stage, work_dir))
+    for seed in seeds:
+        root = work_dir if len(seeds) == 1 else osp.join(work_dir, f'seed{seed}')
+        for short in methods:
+            pre = f'{seed} {short} pretrain'
+            stages[pre] = ((), partial(pretrain_stage, short, seed, root, pretrain_iters))
+            for kind, iters in (('det', det_iters), ('seg', seg_iters)):
+                stages[f'{seed} {short} {kind} random'] = ((), partial(
+                    dense_stage, short, kind, seed, root, sweep_scales, iters, None))
+            for kind, iters in (('det', det_iters), ('seg', seg_iters)):
+                stages[f'{seed} {short} {kind} pre-trained'] = ((pre,), partial(
+                    dense_stage, short, kind, seed, root, sweep_scales, iters, pre))
+        if not skip_baseline:
+            stages[f'{seed} baseline'] = ((), partial(baseline_stage, seed, root))
     results = run_stages(stages, jobs)
 
-    rows = [results['baseline']] if not skip_baseline else []
-    for short in methods:
-        for init in ('pre-trained', 'random'):
-            row = dict(method=METHODS[short], init=init, top1=None, top5=None,
-                       pretrain_seconds=None, pretrain_cpu_seconds=None)
-            if init == 'pre-trained':
-                row.update(results[f'{short} pretrain'])
-            row.update(results[f'{short} det {init}'])
-            row.update(results[f'{short} seg {init}'])
-            rows.append(row)
+    rows = []
+    for seed in seeds:
+        if not skip_baseline:
+            rows.append(results[f'{seed} baseline'])
+        for short in methods:
+            for init in ('pre-trained', 'random'):
+                row = dict(method=METHODS[short], init=init, seed=seed, top1=None, top5=None,
+                           pretrain_seconds=None, pretrain_cpu_seconds=None)
+                if init == 'pre-trained':
+                    row.update(results[f'{seed} {short} pretrain'])
+                row.update(results[f'{seed} {short} det {init}'])
+                row.update(results[f'{seed} {short} seg {init}'])
+                rows.append(row)
     for row in rows:
         row['bbox_mAP'] = row.pop('coco/bbox_mAP')
         row['segm_mAP'] = row.pop('coco/segm_mAP')
+    summary = seed_summary(rows)
     text = table(rows)
+    if len(seeds) > 1:
+        text = (f'Mean and sample standard deviation over {len(seeds)} seeds '
+                f'({", ".join(map(str, seeds))}):\n\n{summary_table(summary)}\n\n'
+                f'Per seed:\n\n{text}')
     swept = sweep_table(rows)
     if swept:
         text += ('\n\nUperNet (pre-trained) at other test resolutions (factor of the 128 x 128 '
                  'images; tools/resolution_sweep.py):\n\n' + swept)
     results_md = osp.join(work_dir, 'results.md')
     results_json = osp.join(work_dir, 'results.json')
+    os.makedirs(work_dir, exist_ok=True)
     with open(results_md, 'w') as f:
         f.write(text + '\n')
-    summary = dict(pretrain_iters=pretrain_iters, det_iters=det_iters, seg_iters=seg_iters,
-                   jobs=jobs, threads=int(os.environ['OMP_NUM_THREADS']), rows=rows)
+    out = dict(pretrain_iters=pretrain_iters, det_iters=det_iters, seg_iters=seg_iters,
+               jobs=jobs, threads=int(os.environ['OMP_NUM_THREADS']), seeds=seeds, rows=rows,
+               summary=summary)
     with open(results_json, 'w') as f:
-        json.dump(summary, f, indent=1)
-    return dict(summary, text=text, results_md=results_md, results_json=results_json)
+        json.dump(out, f, indent=1)
+    return dict(out, text=text, results_md=results_md, results_json=results_json)

@@ -24,9 +24,8 @@ NUM_TRAIN, NUM_VAL = 6, 3
 CLS_TRAIN, CLS_VAL = 3, 2  # ImageNet layout: images per class
 SIZE = (80, 112)
 CLASSES = ('circle', 'square', 'triangle')
-COLOURS = ('red', 'green', 'blue')
-IMAGENET_CLASSES = ('circle_blue', 'circle_green', 'circle_red', 'square_blue', 'square_green',
-                    'square_red', 'triangle_blue', 'triangle_green', 'triangle_red')
+IMAGENET_CLASSES = CLASSES
+K = len(IMAGENET_CLASSES)
 
 
 def _make_all(out: Path, seed: int = SEED) -> tuple:
@@ -77,13 +76,13 @@ def test_layout_and_summaries(data):
         files = sorted(p.name for p in (root / 'train' / name).iterdir())
         assert files == [f'{name}_{i:05d}.JPEG' for i in range(1, CLS_TRAIN + 1)]
     val = sorted(p.name for p in (root / 'val').iterdir())
-    assert val == [f'mini_val_{i:08d}.JPEG' for i in range(1, 9 * CLS_VAL + 1)]
+    assert val == [f'mini_val_{i:08d}.JPEG' for i in range(1, K * CLS_VAL + 1)]
     lines = (root / 'meta' / 'val.txt').read_text().splitlines()
-    assert lines == [f'mini_val_{i:08d}.JPEG {(i - 1) % 9}' for i in range(1, 9 * CLS_VAL + 1)]
+    assert lines == [f'mini_val_{i:08d}.JPEG {(i - 1) % K}' for i in range(1, K * CLS_VAL + 1)]
     for split, num in (('train', CLS_TRAIN), ('val', CLS_VAL)):
         stats = imagenet['splits'][split]
         assert stats['per_class'] == {name: num for name in IMAGENET_CLASSES}
-        assert stats['images'] == stats['instances'] == 9 * num
+        assert stats['images'] == stats['instances'] == K * num
 
 
 def test_same_seed_same_bytes_other_seed_other_images(data, tmp_path):
@@ -94,7 +93,7 @@ def test_same_seed_same_bytes_other_seed_other_images(data, tmp_path):
     reference, other = _hashes(out), _hashes(tmp_path / 'other')
     assert reference.keys() == other.keys()
     # images, label maps, annotation files, val.txt (the same labels) and meta.json files
-    assert len(reference) == 3 * (NUM_TRAIN + NUM_VAL) + 4 + 9 * (CLS_TRAIN + CLS_VAL) + 2
+    assert len(reference) == 3 * (NUM_TRAIN + NUM_VAL) + 4 + K * (CLS_TRAIN + CLS_VAL) + 2
     same = [name for name in reference if reference[name] == other[name]]
     assert same == ['imagenet/meta/val.txt']
 
@@ -130,9 +129,6 @@ def test_coco_annotations_match_the_drawn_shapes(data, split):
             # pixel centres of the decoded mask lie inside the box
             assert x <= cols.min() + 0.5 and cols.max() + 0.5 <= x + w
             assert y <= rows.min() + 0.5 and rows.max() + 0.5 <= y + h
-            # the pixels carry the class colour: its dominant channel is R, G, B for
-            # circle, square, triangle
-            assert int(np.argmax(image[drawn].mean(0))) == shape.label
         masks = np.stack([shape.mask for shape in scene.shapes])
         assert masks.sum(0).max() == 1
 
@@ -195,7 +191,7 @@ def test_mmseg_ade20k_dataset_reads_it(data, split):
 def test_mmpretrain_imagenet_dataset_reads_it(data, split):
     """mmpretrain's own ImageNet class, ``split`` as its configs use it: class folders for
     'train', ``meta/val.txt`` for 'val'; each image shows its class (shape as drawn, dominant
-    colour channel)."""
+    circumradius in ``OBJECT_RADIUS``)."""
     from mmcv.transforms import LoadImageFromFile
     from mmpretrain.datasets import ImageNet
 
@@ -204,7 +200,7 @@ def test_mmpretrain_imagenet_dataset_reads_it(data, split):
                        metainfo=dict(classes=IMAGENET_CLASSES),
                        pipeline=[dict(type=LoadImageFromFile)])
     per_class = CLS_TRAIN if split == 'train' else CLS_VAL
-    assert len(dataset) == 9 * per_class
+    assert len(dataset) == K * per_class
     assert dataset.metainfo['classes'] == IMAGENET_CLASSES
     labels = []
     for item in dataset:
@@ -218,19 +214,17 @@ def test_mmpretrain_imagenet_dataset_reads_it(data, split):
                                     label)
         else:
             index = int(path.stem.rsplit('_', 1)[1])
-            assert label == (index - 1) % 9
+            assert label == (index - 1) % K
             scene = mmd.make_object(mmd.scene_rng(SEED, 'imagenet', split, index), SIZE, label)
         image = item['img'][..., ::-1].astype(np.float64)  # BGR -> RGB
         assert image.shape == (*SIZE, 3)
         assert np.abs(image - scene.image).mean() < 6  # JPEG quality 90 smooths the pixel noise
-        shape_name, colour_name = IMAGENET_CLASSES[label].split('_')
         (shape,) = scene.shapes
-        assert CLASSES[shape.label] == shape_name
-        assert int(np.argmax(image[shape.mask].mean(0))) == COLOURS.index(colour_name)
-        # one large shape: circumradius >= 0.22 of the shorter side; the smallest of the three
-        # shapes for a circumradius r, the triangle, covers 1.3 r^2
-        assert shape.mask.sum() > 1.25 * (0.22 * min(SIZE)) ** 2
-    assert np.bincount(labels, minlength=9).tolist() == [per_class] * 9
+        assert CLASSES[shape.label] == IMAGENET_CLASSES[label]
+        # circumradius >= 0.18 of the shorter side; the smallest of the three shapes for a
+        # circumradius r, the triangle, covers 1.3 r^2
+        assert shape.mask.sum() > 1.25 * (0.18 * min(SIZE)) ** 2
+    assert np.bincount(labels, minlength=K).tolist() == [per_class] * K
 
 
 def test_cli_skips_up_to_date_output_and_rewrites_on_change(tmp_path, capsys):
@@ -241,7 +235,7 @@ def test_cli_skips_up_to_date_output_and_rewrites_on_change(tmp_path, capsys):
     assert [s['skipped'] for s in first] == [False, False, False]
     lines = capsys.readouterr().out.splitlines()
     assert [line.split(':')[0] for line in lines] == ['coco', 'ade', 'imagenet']
-    assert 'train 9 images in 9 classes (1 each)' in lines[2]
+    assert 'train 3 images in 3 classes (1 each)' in lines[2]
     image = out / 'coco' / 'train2017' / '000000000001.jpg'
     assert cv2.imread(str(image)).shape == (48, 64, 3)
     before = _hashes(out)
@@ -281,3 +275,59 @@ def test_cli_refuses_bad_arguments_before_writing(tmp_path, capsys):
         cli.parse_args(['--out', str(afile)])
     assert 'is a file, not a folder' in capsys.readouterr().err
     assert not out.exists()
+
+
+def _shapes(dataset: str, split: str, count: int) -> list:
+    """(class index into CLASSES, mean RGB of the painted pixels, circumradius in pixels) of the
+    shapes of the first ``count`` images of a split, at the main job's default sizes (dense
+    128 x 128, ImageNet-layout 64 x 64)."""
+    out = []
+    for index in range(1, count + 1):
+        rng = mmd.scene_rng(SEED, dataset, split, index)
+        if dataset == 'imagenet':
+            scene = mmd.make_object(rng, (64, 64), (index - 1) % K)
+        else:
+            scene = mmd.make_scene(rng, (128, 128))
+        for shape in scene.shapes:
+            centre = shape.polygon.mean(0)
+            radius = np.hypot(*(shape.polygon - centre).T).mean()
+            out.append((shape.label, scene.image[shape.mask].mean(0), radius))
+    return out
+
+
+def _colour_cell(rgb: np.ndarray) -> int:
+    """One of 24 colour cells: 6 hue sectors x 2 saturation x 2 value halves."""
+    import colorsys
+    h, s, v = colorsys.rgb_to_hsv(*(np.clip(rgb, 0, 255) / 255))
+    return int(h * 6) % 6 * 4 + (s > 0.7) * 2 + (v > 0.7)
+
+
+@pytest.mark.parametrize('dataset', ['coco', 'ade', 'imagenet'])
+def test_colour_does_not_tell_the_class(dataset):
+    """In every dataset the colour of a shape says nothing about its class: a classifier that
+    predicts, per colour cell (hue sector, saturation, value), the class most frequent there in
+    the training shapes scores at chance level (1/3) on the validation shapes. (With a colour per
+    class, as the classes of an earlier format had, it scores 1.)"""
+    train, val = _shapes(dataset, 'train', 150), _shapes(dataset, 'val', 100)
+    counts = np.zeros((24, K))
+    for label, rgb, _ in train:
+        counts[_colour_cell(rgb), label] += 1
+    predicted = counts.argmax(1)
+    accuracy = np.mean([predicted[_colour_cell(rgb)] == label for label, rgb, _ in val])
+    assert len(val) >= 100
+    assert accuracy < 0.45
+    hues = {label: {_colour_cell(rgb) // 4 for label_, rgb, _ in train if label_ == label}
+            for label in range(K)}
+    assert all(len(sectors) == 6 for sectors in hues.values())  # every class in every hue
+
+
+def test_objects_have_the_dense_shapes_size():
+    """The ImageNet-layout shapes (64 x 64 images) have the size of the COCO / ADE20K shapes
+    (128 x 128 images) in pixels, so also in 16-pixel patches: circumradius 0.09-0.2 x 128 =
+    0.18-0.4 x 64 = 11.52-25.6 px in both."""
+    for dataset in ('coco', 'imagenet'):
+        radii = np.array([r for _, _, r in _shapes(dataset, 'train', 150)])
+        assert radii.min() >= 11.52 - 0.1 and radii.max() <= 25.6 + 0.1, dataset
+        assert radii.min() < 13 and radii.max() > 24, dataset
+    assert 0.09 * 128 == 0.18 * 64 and 0.2 * 128 == 0.4 * 64
+    assert mmd.DENSE_RADIUS == (0.09, 0.2) and mmd.OBJECT_RADIUS == (0.18, 0.4)

@@ -37,6 +37,132 @@ def test_run_pipeline_refuses_bad_arguments_before_running_anything(monkeypatch)
         mini_pipeline.run_pipeline(['abs'], sweep_scales=[1.0, float('inf')])
     with pytest.raises(ValueError, match='at least 1'):
         mini_pipeline.run_pipeline(['abs'], jobs=0)
+    for seeds in ([], 3, [0, 0], [-1], [1.5], [True]):
+        with pytest.raises(ValueError, match='seeds'):
+            mini_pipeline.run_pipeline(['abs'], seeds=seeds)
+
+
+def test_seed_options_point_every_loader_and_evaluator_at_the_seeds_data():
+    """--cfg-options of a seed: training seed, the three loaders' data roots and (detection)
+    the COCO evaluators' annotation files, each a path that the mini configs would read."""
+    root = '/d/mini_seed7'
+    cls = mini_pipeline.seed_options('cls', 7, root)
+    assert cls == ['randomness.seed=7'] + [
+        f'{loader}.dataset.data_root=/d/mini_seed7/imagenet'
+        for loader in ('train_dataloader', 'val_dataloader', 'test_dataloader')]
+    det = dict(option.split('=', 1) for option in mini_pipeline.seed_options('det', 7, root))
+    ann = '/d/mini_seed7/coco/annotations/instances_val2017.json'
+    assert det['val_evaluator.ann_file'] == det['test_evaluator.ann_file'] == ann
+    assert det['train_dataloader.dataset.data_root'] == '/d/mini_seed7/coco/'
+    seg = dict(option.split('=', 1) for option in mini_pipeline.seed_options('seg', 7, root))
+    assert seg['val_dataloader.dataset.data_root'] == '/d/mini_seed7/ade/ADEChallengeData2016'
+    assert mini_pipeline.data_root(0) == osp.join(ROOT, 'data', 'mini')
+    assert mini_pipeline.data_root(12) == osp.join(ROOT, 'data', 'mini_seed12')
+    # seed 0 reads what the configs read without options
+    for kind, config in (('cls', 'configs/mini/deit-ti-abs_mini.py'),
+                         ('det', 'configs/mini/mask-rcnn_vit-adapter-ti-abs_fpn_mini.py'),
+                         ('seg', 'configs/mini/upernet_vit-adapter-ti-abs_mini.py')):
+        cfg = Config.fromfile(osp.join(ROOT, config))
+        for option in mini_pipeline.seed_options(kind, 0, 'data/mini'):
+            key, value = option.split('=', 1)
+            node = cfg
+            for part in key.split('.'):
+                node = node[part]
+            assert osp.normpath(str(node)) == osp.normpath(value), (kind, key)
+
+
+def _row(method, init, seed, top1, box, mask, miou):
+    return {'method': method, 'init': init, 'seed': seed, 'top1': top1, 'bbox_mAP': box,
+            'segm_mAP': mask, 'mIoU': miou}
+
+
+def test_seed_summary_means_spreads_and_paired_differences():
+    rows = [_row('PVG', 'pre-trained', 10, 60.0, 0.30, 0.20, 50.0),
+            _row('PVG', 'random', 10, None, 0.10, 0.10, 40.0),
+            _row('PVG', 'pre-trained', 11, 70.0, 0.50, 0.40, 56.0),
+            _row('PVG', 'random', 11, None, 0.20, 0.10, 41.0),
+            _row('PVG', 'pre-trained', 12, 80.0, 0.40, 0.30, 53.0),
+            _row('PVG', 'random', 12, None, 0.30, 0.10, 42.0)]
+    pre, random, diff = mini_pipeline.seed_summary(rows)
+    assert (pre['method'], pre['init'], pre['seeds']) == ('PVG', 'pre-trained', [10, 11, 12])
+    assert pre['mean'] == pytest.approx(dict(top1=70.0, bbox_mAP=0.4, segm_mAP=0.3, mIoU=53.0))
+    # sample standard deviation: sqrt(sum of squared deviations / (n - 1))
+    assert pre['sd'] == pytest.approx(dict(top1=10.0, bbox_mAP=0.1, segm_mAP=0.1, mIoU=3.0))
+    assert 'top1' not in random['mean']
+    assert random['sd']['mIoU'] == pytest.approx(1.0)
+    # per seed: box +0.2, +0.3, +0.1; mIoU +10, +15, +11
+    assert diff['init'] == mini_pipeline.DIFFERENCE and diff['seeds'] == [10, 11, 12]
+    assert diff['mean'] == pytest.approx(dict(bbox_mAP=0.2, segm_mAP=0.2, mIoU=12.0))
+    assert diff['sd']['bbox_mAP'] == pytest.approx(0.1)
+    assert diff['sd']['mIoU'] == pytest.approx((14 / 2) ** 0.5)  # deviations -2, 3, -1
+    lines = mini_pipeline.summary_table([pre, random, diff]).splitlines()
+    assert lines[2] == '| PVG | pre-trained | 3 | 70.0 ± 10.0 | 0.400 ± 0.100 | 0.300 ± 0.100 | 53.00 ± 3.00 |'
+    assert lines[3].startswith('| PVG | random | 3 | - | 0.200 ± 0.100 | ')
+    assert lines[4] == ('| PVG | pre-trained - random | 3 | - | +0.200 ± 0.100 | '
+                        '+0.200 ± 0.100 | +12.00 ± 2.65 |')
+    # one seed: no spread
+    (single, *_) = mini_pipeline.seed_summary(rows[:1])
+    assert single['sd']['mIoU'] is None
+    assert mini_pipeline.summary_table([single]).splitlines()[2].endswith('| 50.00 |')
+
+
+def test_several_seeds_run_every_stage_per_seed_with_its_data(monkeypatch, tmp_path):
+    """run_pipeline with seeds 3 and 4: the data of each seed is made, every stage gets its seed
+    and its folder seed<s>/, and the table and JSON hold the rows of both seeds and the summary
+    (stage functions replaced by ones returning known metrics)."""
+    made, calls = [], []
+    monkeypatch.setattr(mini_pipeline.subprocess, 'run',
+                        lambda cmd, **kw: made.append(cmd[cmd.index('--seed') + 1]))
+
+    def pretrain(short, seed, root, iters, done):
+        calls.append(('pretrain', short, seed, root))
+        return dict(top1=50.0 + seed, top5=None, pretrain_seconds=1.0, pretrain_cpu_seconds=1.0,
+                    checkpoint=f'{root}/{short}_pretrain/iter_{iters}.pth')
+
+    def dense(short, kind, seed, root, scales, iters, pretrain, done):
+        calls.append((kind, short, seed, root, pretrain))
+        if pretrain:
+            assert done[pretrain]['checkpoint'].startswith(root)
+        bonus = 0.1 if pretrain else 0.0
+        if kind == 'det':
+            return {'coco/bbox_mAP': 0.1 * seed + bonus, 'coco/segm_mAP': 0.05 * seed,
+                    'det_seconds': 1.0}
+        return {'mIoU': 10.0 * seed + 100 * bonus, 'seg_seconds': 1.0}
+
+    monkeypatch.setattr(mini_pipeline, 'pretrain_stage', pretrain)
+    monkeypatch.setattr(mini_pipeline, 'dense_stage', dense)
+    result = mini_pipeline.run_pipeline(['pvg'], pretrain_iters=2, det_iters=2, seg_iters=2,
+                                        jobs=1, work_dir=str(tmp_path), sweep_scales=[],
+                                        skip_baseline=True, seeds=[3, 4])
+    assert made == ['3', '4']
+    for seed in (3, 4):
+        root = str(tmp_path / f'seed{seed}')
+        assert ('pretrain', 'pvg', seed, root) in calls
+        for kind in ('det', 'seg'):
+            assert (kind, 'pvg', seed, root, None) in calls
+            assert (kind, 'pvg', seed, root, f'{seed} pvg pretrain') in calls
+    assert len(calls) == 10
+    assert [(r['seed'], r['init']) for r in result['rows']] == [
+        (3, 'pre-trained'), (3, 'random'), (4, 'pre-trained'), (4, 'random')]
+    pre, random, diff = result['summary']
+    assert pre['mean']['top1'] == pytest.approx(53.5)
+    assert pre['mean']['bbox_mAP'] == pytest.approx(0.45)
+    assert diff['mean'] == pytest.approx(dict(bbox_mAP=0.1, segm_mAP=0.0, mIoU=10.0))
+    assert diff['sd']['mIoU'] == pytest.approx(0.0)
+    text = (tmp_path / 'results.md').read_text()
+    assert text.startswith('Mean and sample standard deviation over 2 seeds (3, 4):')
+    assert '| PVG | pre-trained - random | 2 | - | +0.100 ± 0.000 |' in text
+    assert '| PVG | random | 4 | - | 0.400 | 0.200 | 40.00 |' in text
+    saved = json.loads((tmp_path / 'results.json').read_text())
+    assert saved['seeds'] == [3, 4] and saved['summary'] == json.loads(json.dumps(
+        result['summary']))
+    # one seed: its runs straight in the work dir, no summary table
+    calls.clear()
+    mini_pipeline.run_pipeline(['pvg'], pretrain_iters=2, det_iters=2, seg_iters=2, jobs=1,
+                               work_dir=str(tmp_path / 'one'), sweep_scales=[],
+                               skip_baseline=True, seeds=[5])
+    assert {call[3] for call in calls} == {str(tmp_path / 'one')}
+    assert (tmp_path / 'one' / 'results.md').read_text().startswith('| method | backbone init |')
 
 
 def test_schedule_follows_the_number_of_iterations():
@@ -133,16 +259,17 @@ def test_main_job_runs_and_writes_the_table(tmp_path):
         assert 0.0 <= row['mIoU'] <= 100.0
         assert row['det_seconds'] > 0 and row['seg_seconds'] > 0
     pretrained, random = rows
-    assert 0.0 <= pretrained['top1'] <= pretrained['top5'] <= 100.0
+    assert 0.0 <= pretrained['top1'] <= 100.0 and pretrained['top5'] is None
     assert pretrained['pretrain_seconds'] > 0 and random['top1'] is None
     checkpoint = str(work_dir / 'mpvg_pretrain' / 'iter_2.pth')
     assert pretrained['checkpoint'] == checkpoint
     table = (work_dir / 'results.md').read_text().splitlines()
-    assert table[0].startswith('| method | backbone init | top-1 (%) | box AP | mask AP | mIoU |')
-    assert table[2].startswith(f"| MPVG | pre-trained | {pretrained['top1']:.1f} | "
+    assert table[0].startswith('| method | backbone init | seed | top-1 (%) | box AP | mask AP | '
+                               'mIoU |')
+    assert table[2].startswith(f"| MPVG | pre-trained | 0 | {pretrained['top1']:.1f} | "
                                f"{pretrained['bbox_mAP']:.3f} | {pretrained['segm_mAP']:.3f} | "
                                f"{pretrained['mIoU']:.2f} | ")
-    assert table[3].startswith(f"| MPVG | random | - | {random['bbox_mAP']:.3f} | ")
+    assert table[3].startswith(f"| MPVG | random | 0 | - | {random['bbox_mAP']:.3f} | ")
     # the pre-trained runs started from the classifier's checkpoint, the random ones did not
     for kind, name in (('det', 'mask-rcnn_vit-adapter-ti-mpvg_fpn_mini.py'),
                        ('seg', 'upernet_vit-adapter-ti-mpvg_mini.py')):

@@ -4,7 +4,7 @@ checkpoint, and the same fine-tuning from random initialisation beside it, and a
 
     python tools/run_mini.py [--methods abs peg lape pvg mpvg rope-axial rope-mixed]
         [--pretrain-iters N] [--det-iters N] [--seg-iters N] [--work-dir work_dirs/mini]
-        [--skip-baseline]
+        [--skip-baseline] [--seeds N] [--first-seed S]
 
 Each run is one ``tools/train.py`` subprocess that trains, saves its last checkpoint and evaluates
 it at the end; a baseline row evaluates the untrained AbsolutePE models, and each pre-trained
@@ -48,9 +48,17 @@ def main():
                         'sweep)')
     parser.add_argument('--skip-baseline', action='store_true',
                         help='do not evaluate the untrained models')
+    parser.add_argument('--seeds', type=int, default=1,
+                        help='run every (method, initialisation) with N seeds and report the mean '
+                        'and spread (default: 1)')
+    parser.add_argument('--first-seed', type=int, default=0,
+                        help='the seeds are S .. S+N-1: each gives its own mini data and training '
+                        'seed (default: 0)')
     args = parser.parse_args()
     quiet_warnings()
-    for flag in ('pretrain_iters', 'det_iters', 'seg_iters', 'jobs'):
+    if args.first_seed < 0:
+        parser.error('--first-seed must be at least 0')
+    for flag in ('pretrain_iters', 'det_iters', 'seg_iters', 'jobs', 'seeds'):
         if getattr(args, flag) is not None and getattr(args, flag) < 1:
             parser.error(f'--{flag.replace("_", "-")} must be at least 1')
     if args.sweep_scales:
@@ -60,7 +68,8 @@ def main():
             parser.error(f'--sweep-scales: {e}')
     start = time.time()
     result = run_pipeline(args.methods, args.pretrain_iters, args.det_iters, args.seg_iters,
-                          args.jobs, args.work_dir, args.sweep_scales, args.skip_baseline)
+                          args.jobs, args.work_dir, args.sweep_scales, args.skip_baseline,
+                          range(args.first_seed, args.first_seed + args.seeds))
     print('\n' + result['text'])
     print(f'\n[mini] done in {(time.time() - start) / 60:.1f} min; table in '
           f'{result["results_md"]}')

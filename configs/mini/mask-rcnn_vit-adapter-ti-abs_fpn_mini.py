@@ -66,12 +66,8 @@ optim_wrapper = dict(
     type='OptimWrapper',
     # fused: one kernel for all parameters instead of a loop of small ops on the CPU.
     optimizer=dict(type='AdamW', lr=6e-4, betas=(0.9, 0.999), weight_decay=0.05, fused=True),
-    paramwise_cfg=dict(custom_keys={
-        'level_embed': dict(decay_mult=0.0),
-        'pos_embed': dict(decay_mult=0.0),
-        'norm': dict(decay_mult=0.0),
-        'bias': dict(decay_mult=0.0),
-    }),
+    constructor='ViTAdapterLayerDecayOptimizerConstructor',
+    paramwise_cfg=dict(num_layers=12, layer_decay_rate=0.8),
     clip_grad=dict(max_norm=10.0))
 param_scheduler = [
     dict(type='LinearLR', start_factor=0.01, by_epoch=False, begin=0, end=10),

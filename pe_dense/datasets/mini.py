@@ -1,24 +1,26 @@
 """Three small synthetic datasets in the real COCO 2017, ADE20K and ImageNet on-disk layouts.
 
-Every image shows a textured background (smooth noise mixed with stripes, in two muted random
-colours) and filled shapes. In the COCO and ADE20K sets, 1-4 non-overlapping circles (reddish),
-squares (greenish) and triangles (bluish), each colour jittered, so a small model learns both
-tasks within minutes of CPU training. The ImageNet set is object-centric: one large shape per
-image, its class one of 9 = shape x colour, the colour (red, green or blue family, jittered) drawn
-independently of the shape, so a classifier has to tell shapes apart and not only colours.
+Every image shows a dark textured background (smooth noise mixed with stripes, in two muted random
+colours) and bright filled shapes: circles, squares and triangles, each in a colour drawn on its
+own (any hue; :func:`random_colour`), so that in no dataset does colour tell the class: a model
+has to tell the shapes apart by their outline. In the COCO and ADE20K sets, 1-4 non-overlapping shapes per
+image. The ImageNet set is object-centric: one shape per image, its class the shape, on an image
+half the side of a dense image (64 x 64 for 128 x 128), so that the shape has the size of the
+dense sets' shapes in pixels and in 16-pixel patches (``DENSE_RADIUS``, ``OBJECT_RADIUS``): what
+the classifier learns to recognise is what the detector and the segmenter have to find.
 mmdet's ``CocoDataset``, mmseg's ``ADE20KDataset`` and mmpretrain's ``ImageNet`` read the output
 unchanged.
 
-``make_all('data/mini', seed=0, num_train=64, num_val=16, size=(128, 128), cls_train=64,
-cls_val=16)`` (the command line ``python tools/make_mini_data.py --out data/mini``) writes::
+``make_all('data/mini', seed=0, num_train=128, num_val=64, size=(128, 128), cls_train=256,
+cls_val=64)`` (the command line ``python tools/make_mini_data.py --out data/mini``) writes::
 
     data/mini/coco/{train2017,val2017}/000000000001.jpg ...
     data/mini/coco/annotations/instances_{train,val}2017.json
     data/mini/ade/ADEChallengeData2016/images/{training,validation}/ADE_{train,val}_00000001.jpg
     data/mini/ade/ADEChallengeData2016/annotations/{training,validation}/ADE_*.png
-    data/mini/imagenet/train/<class>/<class>_00001.JPEG ...    (cls_train per class)
+    data/mini/imagenet/train/<class>/<class>_00001.JPEG ...    (cls_train per class, 64 x 64)
     data/mini/imagenet/val/mini_val_00000001.JPEG ...           (cls_val per class)
-    data/mini/imagenet/meta/val.txt                             ("mini_val_00000001.JPEG 4" lines)
+    data/mini/imagenet/meta/val.txt                             ("mini_val_00000001.JPEG 2" lines)
 
 The COCO files hold one polygon per shape (category ids 1 circle, 2 square, 3 triangle), its
 ``bbox`` [x, y, w, h] and its polygon ``area``. The ADE20K label maps are uint8 with 1 for the
@@ -31,6 +33,7 @@ give byte-identical files.
 """
 from __future__ import annotations
 
+import colorsys
 import json
 import shutil
 import time
@@ -42,14 +45,26 @@ import cv2
 import numpy as np
 
 CLASSES = ('circle', 'square', 'triangle')
-CLASS_RGB = ((215, 55, 45), (55, 185, 65), (50, 85, 215))
-COLOURS = ('red', 'green', 'blue')
-# ImageNet-layout classes: shape x colour (colour k is CLASS_RGB[k]), in sorted order.
-IMAGENET_CLASSES = tuple(sorted(f'{shape}_{colour}' for shape in CLASSES for colour in COLOURS))
+# The ImageNet-layout classes are the shapes themselves (sorted, as mmpretrain sorts the folders).
+IMAGENET_CLASSES = tuple(sorted(CLASSES))
 VERTICES = (32, 4, 3)
+# Circumradius of a shape, as a fraction of the shorter side of a COCO / ADE20K image (128 px by
+# default: 11.5-25.6 px, 1.4-3.2 patches of 16 px across).
+DENSE_RADIUS = (0.09, 0.2)
+# The same, of an ImageNet-layout image, which is half the side of a dense image by default
+# (tools/make_mini_data.py: 64 px): the shapes then have the dense shapes' size in pixels and in
+# patches, one per image, and the classifier at 64 x 64 sees them at that scale.
+OBJECT_RADIUS = (0.18, 0.4)
+# Figure on ground: shapes are bright (HSV value 0.8-1), backgrounds dark (grey level 25-65 of
+# 255), so a shape stands out from its background by brightness, a feature linear in the pixels
+# that a patch embedding picks up in a few steps, whatever its hue. Hue (all of it) and saturation
+# are drawn for every shape on its own: the outline, not the colour, tells the class.
+SATURATION = (0.3, 0.8)
+VALUE = (0.8, 1.0)
+BACKGROUND_GREY = (25, 65)
 ADE_BACKGROUND = 1
 JPEG_QUALITY = 90
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 GRID = 16
 MIN_SIDE = 32
 
@@ -114,9 +129,10 @@ def polygon_area(polygon: np.ndarray) -> float:
 
 
 def _background(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
-    """A (H, W, 3) float RGB texture: smooth noise and stripes blending two muted colours."""
-    grey = rng.uniform(70, 190)
-    colours = grey + 0.35 * (rng.uniform(0, 255, (2, 3)) - 127.5)
+    """A (H, W, 3) float RGB texture: smooth noise and stripes blending two dark, muted colours
+    (grey level ``BACKGROUND_GREY``, each channel within 15 of it)."""
+    grey = rng.uniform(*BACKGROUND_GREY)
+    colours = grey + 0.12 * (rng.uniform(0, 255, (2, 3)) - 127.5)
     cells = rng.integers(3, 7)
     noise = rng.random((cells, cells)).astype(np.float32)
     smooth = np.clip(cv2.resize(noise, (width, height), interpolation=cv2.INTER_CUBIC), 0, 1)
@@ -140,9 +156,10 @@ def _regular_polygon(rng: np.random.Generator, centre: np.ndarray, radius: float
 
 def _place(rng: np.random.Generator, height: int, width: int) -> list:
     """Up to 4 (label, centre, circumradius) triples whose circumcircles lie inside the image,
-    1 pixel from its border, and at least 3 pixels apart from each other."""
+    1 pixel from its border, and at least 3 pixels apart from each other; radii in
+    ``DENSE_RADIUS`` of the shorter side (at least 4 pixels)."""
     side = min(height, width)
-    r_min, r_max = max(4.0, 0.09 * side), 0.2 * side
+    r_min, r_max = max(4.0, DENSE_RADIUS[0] * side), DENSE_RADIUS[1] * side
     placed = []
     for _ in range(rng.integers(1, 5)):
         label = int(rng.integers(len(CLASSES)))
@@ -155,15 +172,24 @@ def _place(rng: np.random.Generator, height: int, width: int) -> list:
     return placed
 
 
-def _paint(rng: np.random.Generator, image: np.ndarray, label: int, rgb: tuple,
-           centre: np.ndarray, radius: float) -> Shape:
+def random_colour(rng: np.random.Generator) -> np.ndarray:
+    """A shape's RGB colour (3 floats in 0..255): hue uniform over the colour wheel, saturation
+    and value uniform in ``SATURATION`` and ``VALUE``. Drawn for every shape on its own, so that
+    colour says nothing about the class in any of the three datasets."""
+    hue = rng.uniform(0, 1)
+    saturation, value = rng.uniform(*SATURATION), rng.uniform(*VALUE)
+    return 255 * np.asarray(colorsys.hsv_to_rgb(hue, saturation, value))
+
+
+def _paint(rng: np.random.Generator, image: np.ndarray, label: int, centre: np.ndarray,
+           radius: float) -> Shape:
     """Paints shape ``label`` (circumradius ``radius``, ``centre`` x, y) into the (H, W, 3) float
-    ``image`` in colour ``rgb``, each channel jittered by up to 25, with a soft linear shading."""
+    ``image`` in a random colour (:func:`random_colour`) with a soft linear shading."""
     size = image.shape[:2]
     rows, cols = np.mgrid[0:size[0], 0:size[1]] + 0.5
     polygon = _regular_polygon(rng, centre, radius, VERTICES[label])
     mask = rasterise(polygon, size)
-    colour = np.asarray(rgb) + rng.integers(-25, 26, 3)
+    colour = random_colour(rng)
     direction = rng.uniform(0, 2 * np.pi)
     offset = (cols - centre[0]) * np.cos(direction) + (rows - centre[1]) * np.sin(direction)
     shade = 1 + 0.12 * offset[mask] / radius
@@ -178,28 +204,27 @@ def _finish(rng: np.random.Generator, image: np.ndarray, shapes: list) -> Scene:
 
 
 def make_scene(rng: np.random.Generator, size: tuple[int, int]) -> Scene:
-    """Renders one scene of ``size`` (H, W): a background and 1-4 shapes, each filled with its
-    class colour (each channel jittered by up to 25, with a soft linear shading), plus mild
-    pixel noise."""
+    """Renders one scene of ``size`` (H, W): a background and 1-4 shapes of random classes, each
+    in a random colour (:func:`random_colour`) with a soft linear shading, plus mild pixel
+    noise."""
     height, width = size
     image = _background(rng, height, width)
-    shapes = [_paint(rng, image, label, CLASS_RGB[label], centre, radius)
+    shapes = [_paint(rng, image, label, centre, radius)
               for label, centre, radius in _place(rng, height, width)]
     return _finish(rng, image, shapes)
 
 
 def make_object(rng: np.random.Generator, size: tuple[int, int], label: int) -> Scene:
     """Renders one object-centric image of ``size`` (H, W) of ImageNet class ``label`` (an index
-    into ``IMAGENET_CLASSES``): a background and one shape of circumradius 0.22-0.4 of the shorter
-    side, anywhere inside the image, in the colour family of the class, plus mild pixel noise.
-    The scene's one shape has the shape index (into ``CLASSES``) as its label."""
-    shape_name, colour_name = IMAGENET_CLASSES[label].split('_')
+    into ``IMAGENET_CLASSES``, which are the shapes): a background and one shape of circumradius
+    ``OBJECT_RADIUS`` of the shorter side, anywhere inside the image, in a random colour, plus
+    mild pixel noise. The scene's one shape has the shape index (into ``CLASSES``) as its
+    label."""
     height, width = size
     image = _background(rng, height, width)
-    radius = rng.uniform(0.22, 0.4) * min(height, width)
+    radius = rng.uniform(*OBJECT_RADIUS) * min(height, width)
     centre = rng.uniform(radius + 1, [width - radius - 1, height - radius - 1])
-    shape = _paint(rng, image, CLASSES.index(shape_name), CLASS_RGB[COLOURS.index(colour_name)],
-                   centre, radius)
+    shape = _paint(rng, image, CLASSES.index(IMAGENET_CLASSES[label]), centre, radius)
     return _finish(rng, image, [shape])
 
 
@@ -357,7 +382,7 @@ def _make(dataset: str, out_dir: PathLike, seed: int, num_train: int, num_val: i
     return dict(dataset=dataset, root=str(out_dir), skipped=False, splits=splits)
 
 
-def make_coco(out_dir: PathLike, seed: int = 0, num_train: int = 64, num_val: int = 16,
+def make_coco(out_dir: PathLike, seed: int = 0, num_train: int = 128, num_val: int = 64,
               size: tuple[int, int] = (128, 128), force: bool = False) -> dict:
     """Writes the COCO 2017 instance segmentation layout under ``out_dir`` (the ``data_root``):
     ``train2017/`` and ``val2017/`` with ``{image_id:012d}.jpg`` (image ids from 1) of ``size``
@@ -370,7 +395,7 @@ def make_coco(out_dir: PathLike, seed: int = 0, num_train: int = 64, num_val: in
     return _make('coco', out_dir, seed, num_train, num_val, tuple(size), force)
 
 
-def make_ade(out_dir: PathLike, seed: int = 0, num_train: int = 64, num_val: int = 16,
+def make_ade(out_dir: PathLike, seed: int = 0, num_train: int = 128, num_val: int = 64,
              size: tuple[int, int] = (128, 128), force: bool = False) -> dict:
     """Writes the ADE20K layout under ``out_dir/ADEChallengeData2016`` (the ``data_root``):
     ``images/{training,validation}/ADE_{train,val}_{index:08d}.jpg`` of ``size`` (H, W) and
@@ -381,12 +406,12 @@ def make_ade(out_dir: PathLike, seed: int = 0, num_train: int = 64, num_val: int
     return _make('ade', out_dir, seed, num_train, num_val, tuple(size), force)
 
 
-def make_imagenet(out_dir: PathLike, seed: int = 0, num_train: int = 64, num_val: int = 16,
-                  size: tuple[int, int] = (128, 128), force: bool = False) -> dict:
+def make_imagenet(out_dir: PathLike, seed: int = 0, num_train: int = 256, num_val: int = 64,
+                  size: tuple[int, int] = (64, 64), force: bool = False) -> dict:
     """Writes the ImageNet (ILSVRC2012) layout that mmpretrain's ``ImageNet`` reads with
     ``data_root=out_dir`` and ``split='train'`` / ``'val'``: ``train/<class>/<class>_{i:05d}.JPEG``
     (``num_train`` per class, i from 1), ``val/mini_val_{i:08d}.JPEG`` (``num_val`` per class,
-    label ``(i - 1) mod 9``) and ``meta/val.txt`` (``file label`` per line), images of ``size``
+    label ``(i - 1) mod 3``) and ``meta/val.txt`` (``file label`` per line), images of ``size``
     (H, W), classes ``IMAGENET_CLASSES``. Skipped when ``out_dir/meta.json`` records the same
     arguments, unless ``force``. Returns a summary shaped as ``make_coco``'s, with
     ``'dataset': 'imagenet'``, the counts per class of ``IMAGENET_CLASSES`` and one instance per
@@ -411,27 +436,38 @@ def describe(summary: dict) -> str:
     return f"{summary['dataset']}: {'; '.join(parts)} -> {summary['root']} [{state}]"
 
 
-def make_all(out: PathLike, seed: int = 0, num_train: int = 64, num_val: int = 16,
-             size: tuple[int, int] | int = (128, 128), cls_train: int = 64,
-             cls_val: int = 16, force: bool = False) -> Iterator[tuple[dict, float]]:
+def make_all(out: PathLike, seed: int = 0, num_train: int = 128, num_val: int = 64,
+             size: tuple[int, int] | int = (128, 128), cls_train: int = 256,
+             cls_val: int = 64, force: bool = False,
+             cls_size: tuple[int, int] | int | None = None) -> Iterator[tuple[dict, float]]:
     """Writes the three datasets under ``out``: ``coco/`` and ``ade/`` with ``num_train`` /
-    ``num_val`` images, ``imagenet/`` with ``cls_train`` / ``cls_val`` images per class, all of
-    ``size`` (H, W; one int: square). A generator: nothing is written until it is iterated
-    (``list(make_all(...))`` writes all three). Yields, as each one is done, its summary (see
-    :func:`make_coco`) and the seconds it took (wall clock), in the order COCO, ADE20K, ImageNet.
+    ``num_val`` images of ``size`` (H, W; one int: square), ``imagenet/`` with ``cls_train`` /
+    ``cls_val`` images per class of ``cls_size`` (default: half of ``size``, at least
+    ``MIN_SIDE``, so that its shapes have the dense shapes' size in pixels). A generator: nothing
+    is written until it is iterated (``list(make_all(...))`` writes all three). Yields, as each
+    one is done, its summary (see :func:`make_coco`) and the seconds it took (wall clock), in the
+    order COCO, ADE20K, ImageNet.
 
     Raises:
         ValueError: a split without images, a side under ``MIN_SIDE``, a negative seed or a
-            ``size`` of another length.
+            size of another length.
     """
     out = Path(out)
+    size = _pair(size, 'size')
+    cls_size = (tuple(max(MIN_SIDE, side // 2) for side in size) if cls_size is None
+                else _pair(cls_size, 'cls_size'))
+    for name, make, train, val, side in (('coco', make_coco, num_train, num_val, size),
+                                         ('ade', make_ade, num_train, num_val, size),
+                                         ('imagenet', make_imagenet, cls_train, cls_val,
+                                          cls_size)):
+        start = time.perf_counter()
+        summary = make(out / name, seed=seed, num_train=train, num_val=val, size=side,
+                       force=force)
+        yield summary, time.perf_counter() - start
+
+
+def _pair(size: tuple[int, int] | int, name: str) -> tuple[int, int]:
     size = (size, size) if isinstance(size, int) else tuple(size)
     if len(size) != 2:
-        raise ValueError(f'size is (H, W) or one side for square images, got {size!r}')
-    common = dict(seed=seed, size=size, force=force)
-    for name, make, train, val in (('coco', make_coco, num_train, num_val),
-                                   ('ade', make_ade, num_train, num_val),
-                                   ('imagenet', make_imagenet, cls_train, cls_val)):
-        start = time.perf_counter()
-        summary = make(out / name, num_train=train, num_val=val, **common)
-        yield summary, time.perf_counter() - start
+        raise ValueError(f'{name} is (H, W) or one side for square images, got {size!r}')
+    return size
