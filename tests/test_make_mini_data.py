@@ -120,12 +120,15 @@ def test_coco_annotations_match_the_drawn_shapes(data, split):
             assert len(ann['segmentation'][0]) == 2 * (32, 4, 3)[shape.label]
             decoded = coco.annToMask(ann).astype(bool)
             drawn = shape.mask
-            assert abs(decoded.sum() / ann['area'] - 1) < 0.07
-            assert abs(drawn.sum() / ann['area'] - 1) < 0.05
+            # pycocotools rasterises the polygon its own way: the pixel count differs from the
+            # area by at most the boundary's pixels, half a pixel per unit of perimeter
+            perimeter = np.hypot(*(np.roll(shape.polygon, -1, 0) - shape.polygon).T).sum()
+            assert abs(decoded.sum() - ann['area']) <= 0.5 * perimeter
+            assert abs(drawn.sum() - ann['area']) <= 0.5 * perimeter
             assert (decoded & drawn).sum() / (decoded | drawn).sum() > 0.9
             rows, cols = np.nonzero(decoded)
             x, y, w, h = ann['bbox']
-            assert 0 < ann['area'] < w * h
+            assert 0 < ann['area'] <= w * h + 1e-3  # equal for an upright square (area rounded)
             # pixel centres of the decoded mask lie inside the box
             assert x <= cols.min() + 0.5 and cols.max() + 0.5 <= x + w
             assert y <= rows.min() + 0.5 and rows.max() + 0.5 <= y + h
@@ -248,7 +251,8 @@ def test_cli_skips_up_to_date_output_and_rewrites_on_change(tmp_path, capsys):
     assert image.stat().st_mtime > 0 and _hashes(out) == before
     fewer = cli.main(['--out', str(out), '--num-train', '1', '--num-val', '1', '--size', '48',
                       '--cls-train', '1', '--cls-val', '1'])
-    assert [s['skipped'] for s in fewer] == [False, False, False]
+    # the ImageNet-layout images stay 32 x 32 (half of 48 x 64 or 48 x 48, at least 32): kept
+    assert [s['skipped'] for s in fewer] == [False, False, True]
     assert sorted(p.name for p in (out / 'coco' / 'train2017').iterdir()) == ['000000000001.jpg']
     assert cv2.imread(str(image)).shape == (48, 48, 3)
     ade_train = out / 'ade' / 'ADEChallengeData2016' / 'annotations' / 'training'

@@ -17,23 +17,23 @@ from pe_dense.datasets import mini
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 MMPRETRAIN_TOOLS = osp.join(osp.dirname(mmpretrain.__file__), '.mim', 'tools')
 
-NUM_CLASSES = 9
+NUM_CLASSES = 3
 # The fastest method's classifier and the schedule of the learning check: PEG_ITERS iterations of
-# batch 32 reach TOP1 % top-1 on the 144 validation images (chance: 100 / 9 = 11.1 %; telling the
-# colours apart but not the shapes: 33.3 %); measured with tools/make_mini_data.py defaults, seed
-# 0: 37.5 % (54 images) with AVX-512 kernels on 1 thread and with AVX2 kernels on 1 and 2 threads
+# batch 32 reach TOP1 % top-1 on the 192 validation images (3 shape classes, colour drawn at random:
+# chance 33.3 %); measured with tools/make_mini_data.py defaults, seed 0: 58.85 % (113 images) with
+# AVX-512 kernels on 1 thread and with AVX2 kernels on 1 and 2 threads
 # (ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2 MKL_ENABLE_INSTRUCTIONS=AVX2). The bound sits
-# MARGIN points (11 images) below that, and 2.7 x chance.
+# MARGIN points (19 images) below that, and 1.4 x chance.
 FASTEST = 'configs/mini/deit-ti-peg_mini.py'
 PEG_ITERS = 60
-TOP1 = 37.5
-MARGIN = 7.5
+TOP1 = 58.85
+MARGIN = 10.0
 CHANCE = 100 / NUM_CLASSES
 
 
 @pytest.fixture(scope='module')
 def data(tmp_path_factory):
-    """The mini ImageNet-layout set as the main job makes it (64 / 16 images per class)."""
+    """The mini ImageNet-layout set as the main job makes it (256 / 64 images per class)."""
     out = tmp_path_factory.mktemp('mini') / 'imagenet'
     mini.make_imagenet(out)
     return out
@@ -57,15 +57,14 @@ def test_mmpretrain_tools_train_learn_and_test_reproduces(data, tmp_path):
     run([sys.executable, osp.join(MMPRETRAIN_TOOLS, 'train.py'), config, '--work-dir',
          str(work_dir), *options(config, data, PEG_ITERS)])
     final = mini_pipeline.final_metrics(str(work_dir), PEG_ITERS, 'cls')
-    assert final['accuracy/top1'] >= TOP1 - MARGIN >= 2.5 * CHANCE
-    assert final['accuracy/top5'] >= final['accuracy/top1']
+    assert final['accuracy/top1'] >= TOP1 - MARGIN >= 1.4 * CHANCE
+    assert 'accuracy/top5' not in final  # top-5 of 3 classes would be meaningless
     metrics = tmp_path / 'metrics.json'
     run([sys.executable, osp.join(MMPRETRAIN_TOOLS, 'test.py'), config,
          str(work_dir / f'iter_{PEG_ITERS}.pth'), '--work-dir', str(tmp_path / 'test'), '--out',
          str(metrics), '--out-item', 'metrics', *options(config, data, PEG_ITERS)])
     tested = json.loads(metrics.read_text())
-    for key in ('accuracy/top1', 'accuracy/top5'):
-        assert tested[key] == pytest.approx(final[key], abs=1e-6)
+    assert tested['accuracy/top1'] == pytest.approx(final['accuracy/top1'], abs=1e-6)
 
 
 def test_project_tools_train_and_test_a_classifier(data, tmp_path):
@@ -88,6 +87,6 @@ def test_project_tools_train_and_test_a_classifier(data, tmp_path):
     run([sys.executable, 'tools/test.py', config, str(checkpoint), '--work-dir',
          str(tmp_path / 'test'), '--out', str(metrics), *options(config, data, 2, *extra)])
     tested = json.loads(metrics.read_text())
-    assert set(tested) == {'accuracy/top1', 'accuracy/top5'}
+    assert set(tested) == {'accuracy/top1'}
     for key in tested:
         assert tested[key] == pytest.approx(final[key], abs=1e-6)
