@@ -219,12 +219,12 @@ def sweep_table(rows: List[dict]) -> str:
     if not swept:
         return ''
     scales = [s['scale'] for s in swept[0]['sweep']]
-    lines = ['| method | backbone init | ' + ' | '.join(f'mIoU at {s:g}x' for s in scales)
+    lines = ['| method | backbone init | seed | ' + ' | '.join(f'mIoU at {s:g}x' for s in scales)
              + ' | time |',
-             '|---|---|' + '---|' * (len(scales) + 1)]
+             '|---|---|---|' + '---|' * (len(scales) + 1)]
     for r in swept:
         by_scale = {s['scale']: s['metrics']['mIoU'] for s in r['sweep']}
-        lines.append(f"| {r['method']} | {r['init']} | "
+        lines.append(f"| {r['method']} | {r['init']} | {r.get('seed', '-')} | "
                      + ' | '.join(_number(by_scale.get(s), '.2f') for s in scales)
                      + f" | {r['sweep_seconds']:.0f} s |")
     return '\n'.join(lines)
@@ -266,7 +266,9 @@ def seed_summary(rows: List[dict]) -> List[dict]:
     ``mean`` / ``sd`` mapping each metric of ``SUMMARY_METRICS`` that the rows have to its mean and
     sample standard deviation (None with one seed); then per method that has both, the same for
     the per-seed difference pre-trained minus random (``init`` = ``DIFFERENCE``; box AP, mask AP,
-    mIoU), pairing the two runs of each seed, which share their data."""
+    mIoU), pairing the two runs of each seed, which share their data. Entries of swept
+    segmentors also get ``sweep``: per test-resolution factor, ``dict(scale, n, mean, sd)`` of
+    the mIoU over the seeds."""
     groups: Dict[Tuple[str, str], Dict[int, dict]] = {}
     for row in rows:
         groups.setdefault((row['method'], row['init']), {})[row.get('seed', 0)] = row
@@ -281,6 +283,13 @@ def seed_summary(rows: List[dict]) -> List[dict]:
 
     out = [stats(method, init, by_seed, SUMMARY_METRICS)
            for (method, init), by_seed in groups.items()]
+    for entry, by_seed in zip(out, groups.values()):
+        swept = [by_seed[s]['sweep'] for s in sorted(by_seed) if by_seed[s].get('sweep')]
+        if swept:
+            scales = [row['scale'] for row in swept[0]]
+            entry['sweep'] = [dict(scale=scale, n=len(swept), **dict(zip(('mean', 'sd'), _mean_sd(
+                [row['metrics']['mIoU'] for rows in swept for row in rows
+                 if row['scale'] == scale])))) for scale in scales]
     for (method, init), pre in groups.items():
         random = groups.get((method, 'random'))
         if init != 'pre-trained' or not random:
@@ -290,6 +299,24 @@ def seed_summary(rows: List[dict]) -> List[dict]:
         if paired:
             out.append(stats(method, DIFFERENCE, paired, SUMMARY_METRICS[1:]))
     return out
+
+
+def sweep_summary_table(summary: List[dict]) -> str:
+    """The Markdown table of the ``sweep`` entries of :func:`seed_summary`: mIoU mean +- sample
+    standard deviation over the seeds per test-resolution factor ('' if nothing was swept)."""
+    swept = [entry for entry in summary if entry.get('sweep')]
+    if not swept:
+        return ''
+    scales = [row['scale'] for row in swept[0]['sweep']]
+    lines = ['| method | backbone init | seeds | ' + ' | '.join(f'mIoU at {s:g}x' for s in scales)
+             + ' |', '|---|---|---|' + '---|' * len(scales)]
+    for entry in swept:
+        cells = [format(row['mean'], '.2f') + ('' if row['sd'] is None
+                                                else ' ± ' + format(row['sd'], '.2f'))
+                 for row in entry['sweep']]
+        lines.append(f"| {entry['method']} | {entry['init']} | {entry['sweep'][0]['n']} | "
+                     + ' | '.join(cells) + ' |')
+    return '\n'.join(lines)
 
 
 def summary_table(summary: List[dict]) -> str:
@@ -570,6 +597,9 @@ def run_pipeline(methods: Sequence[str] = DEFAULT_METHODS, pretrain_iters: Optio
     if swept:
         text += ('\n\nUperNet (pre-trained) at other test resolutions (factor of the 128 x 128 '
                  'images; tools/resolution_sweep.py):\n\n' + swept)
+        if len(seeds) > 1:
+            text += ('\n\nThe same, mean and sample standard deviation over the seeds:\n\n'
+                     + sweep_summary_table(summary))
     results_md = osp.join(work_dir, 'results.md')
     results_json = osp.join(work_dir, 'results.json')
     os.makedirs(work_dir, exist_ok=True)

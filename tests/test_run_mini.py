@@ -72,8 +72,12 @@ def test_seed_options_point_every_loader_and_evaluator_at_the_seeds_data():
 
 
 def _row(method, init, seed, top1, box, mask, miou):
-    return {'method': method, 'init': init, 'seed': seed, 'top1': top1, 'bbox_mAP': box,
-            'segm_mAP': mask, 'mIoU': miou}
+    row = {'method': method, 'init': init, 'seed': seed, 'top1': top1, 'bbox_mAP': box,
+           'segm_mAP': mask, 'mIoU': miou}
+    if init == 'pre-trained':  # swept: mIoU at 0.5x is the 1x mIoU minus 10, at 2x plus the seed
+        row['sweep'] = [dict(scale=scale, metrics=dict(mIoU=value)) for scale, value in
+                        ((0.5, miou - 10), (1.0, miou), (2.0, miou + seed))]
+    return row
 
 
 def test_seed_summary_means_spreads_and_paired_differences():
@@ -100,6 +104,17 @@ def test_seed_summary_means_spreads_and_paired_differences():
     assert lines[3].startswith('| PVG | random | 3 | - | 0.200 ± 0.100 | ')
     assert lines[4] == ('| PVG | pre-trained - random | 3 | - | +0.200 ± 0.100 | '
                         '+0.200 ± 0.100 | +12.00 ± 2.65 |')
+    # the sweep over the seeds: 0.5x 40, 46, 43; 1x 50, 56, 53; 2x 60, 67, 65
+    assert [(r['scale'], r['n']) for r in pre['sweep']] == [(0.5, 3), (1.0, 3), (2.0, 3)]
+    assert [r['mean'] for r in pre['sweep']] == pytest.approx([43.0, 53.0, 64.0])
+    assert [r['sd'] for r in pre['sweep']] == pytest.approx([3.0, 3.0, 13 ** 0.5])
+    assert 'sweep' not in random and 'sweep' not in diff
+    sweep_lines = mini_pipeline.sweep_summary_table([pre, random, diff]).splitlines()
+    assert sweep_lines[0] == ('| method | backbone init | seeds | mIoU at 0.5x | mIoU at 1x | '
+                              'mIoU at 2x |')
+    assert sweep_lines[2:] == ['| PVG | pre-trained | 3 | 43.00 ± 3.00 | 53.00 ± 3.00 | '
+                               '64.00 ± 3.61 |']
+    assert mini_pipeline.sweep_summary_table([random]) == ''
     # one seed: no spread
     (single, *_) = mini_pipeline.seed_summary(rows[:1])
     assert single['sd']['mIoU'] is None
@@ -291,9 +306,9 @@ def test_main_job_runs_and_writes_the_table(tmp_path):
                                                           (2.0, [256, 256])]
     assert abs(sweep[1]['metrics']['mIoU'] - pretrained['mIoU']) <= 1e-6
     assert pretrained['sweep_seconds'] > 0 and 'sweep' not in random
-    line = (f"| MPVG | pre-trained | {sweep[0]['metrics']['mIoU']:.2f} | "
+    line = (f"| MPVG | pre-trained | 0 | {sweep[0]['metrics']['mIoU']:.2f} | "
             f"{sweep[1]['metrics']['mIoU']:.2f} | {sweep[2]['metrics']['mIoU']:.2f} | ")
-    title = '| method | backbone init | mIoU at 0.5x | mIoU at 1x | mIoU at 2x | time |'
+    title = '| method | backbone init | seed | mIoU at 0.5x | mIoU at 1x | mIoU at 2x | time |'
     for text in (proc.stdout, (work_dir / 'results.md').read_text()):
         assert 'UperNet (pre-trained) at other test resolutions' in text
         following = text.split(title, 1)[1].splitlines()
