@@ -24,6 +24,14 @@
 set -Eeuo pipefail
 
 PY=${1:?usage: tools/build_mmcv.sh PYTHON}
+# The build runs PYTHON from inside the unpacked source: make a relative path absolute (without
+# resolving links: a venv's python is a link that must stay the venv's) and a bare name a path.
+if [[ "$PY" == */* ]]; then
+    [[ -x "$PY" ]] || { echo "[setup] $PY is not an executable Python" >&2; exit 1; }
+    PY="$(cd "$(dirname "$PY")" && pwd)/$(basename "$PY")"
+else
+    PY=$(command -v "$PY") || { echo "[setup] no '$1' on the PATH" >&2; exit 1; }
+fi
 CACHE="${PE_DENSE_CACHE:-$HOME/.cache/pe-dense}"
 MMCV_VERSION=2.1.0
 MMCV_SHA256=d387bcab66b467479b6660310e23746cfc79c6e57acf04094680adb499a5cd3f
