@@ -5,8 +5,8 @@
 # to what is left of the budget, each logged under $OUT:
 #   1. env.txt: GPU, driver, Python, torch, the packages already there.
 #   2. a venv that sees python3's packages (a .pth file: python3 is itself a venv there, and a
-#      venv made from a venv sees only the base interpreter's packages); the wheels installed
-#      into it with pip --no-index --no-deps.
+#      venv made from a venv sees only the base interpreter's packages), except transformers
+#      (see install_env); the wheels installed into it with pip --no-index --no-deps.
 #   3. imports/: mmcv._ext imported in fresh subprocesses with PYTHONFAULTHANDLER=1, in several
 #      orders (torch first, alone, after a CUDA context, with cv2 first), then mmcv.ops, then the
 #      whole stack with mmcv's CUDA ops on known answers. A crash is run again under gdb (when
@@ -76,10 +76,19 @@ if [[ ${#WHEELS[@]} -eq 0 ]]; then
     exit 1
 fi
 install_env() {
+    local view="$VENV/image-site" site entry
     rm -rf "$VENV"
-    "$PY" -m venv --system-site-packages "$VENV" &&
-    "$PY" -c 'import site; print("\n".join(site.getsitepackages()))' \
-        > "$("$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/_image_site.pth" &&
+    "$PY" -m venv --system-site-packages "$VENV" && mkdir -p "$view" || return 1
+    # python3's packages as links in one folder, on the venv's path after its own packages,
+    # without transformers: beside pycocotools it makes mmpretrain import its multimodal models,
+    # which fail on recent transformers releases (tools/setup_env.sh leaves it out too).
+    "$PY" -c 'import site; print("\n".join(site.getsitepackages()))' | while read -r site; do
+        for entry in "$site"/*; do
+            case "$(basename "$entry")" in transformers|transformers-*|*.pth) continue ;; esac
+            [[ -e "$view/$(basename "$entry")" ]] || ln -s "$entry" "$view/"
+        done
+    done
+    echo "$view" > "$("$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/_image_site.pth" &&
     "$VENV/bin/python" -m pip install --no-index --no-deps --disable-pip-version-check \
         --progress-bar off "$ROOT"/gpu_wheels/*.whl
 }
