@@ -165,6 +165,14 @@ SRC="$BUILD/mmcv-$MMCV_VERSION"
 if ! "$PY" -c 'import pkg_resources' 2>/dev/null; then
     "$PY" -m pip install --disable-pip-version-check --progress-bar off -q 'setuptools<70' >&2
 fi
+# setuptools < 70 writes wheels through the wheel package, and torch's builder wants ninja (without
+# it the files compile one after another); a fresh Python such as a GPU image's may have neither.
+"$PY" -c 'import wheel' 2>/dev/null ||
+    "$PY" -m pip install --disable-pip-version-check --progress-bar off -q wheel >&2 ||
+    die "the wheel package is missing and could not be installed: pip install wheel"
+"$PY" -c 'import ninja' 2>/dev/null ||
+    "$PY" -m pip install --disable-pip-version-check --progress-bar off -q ninja >&2 ||
+    say "no ninja: the files compile one at a time"
 # torch >= 2.10 headers need C++20; mmcv 2.1.0 hard-codes -std=c++17 for torch > 1.12 (for the
 # C++ and the CUDA compiler). Raise the flag in the recipe.
 sed -i "s/'-std=c++17'/'-std=c++20'/g" "$SRC/setup.py"

@@ -78,7 +78,9 @@ fi
 install_env() {
     local view="$VENV/image-site" site entry
     rm -rf "$VENV"
-    "$PY" -m venv --system-site-packages "$VENV" && mkdir -p "$view" || return 1
+    # Without ensurepip, the venv runs the image's pip (it sees it through the links below).
+    { "$PY" -m venv --system-site-packages "$VENV" ||
+      "$PY" -m venv --system-site-packages --without-pip "$VENV"; } && mkdir -p "$view" || return 1
     # python3's packages as links in one folder, on the venv's path after its own packages,
     # without transformers: beside pycocotools it makes mmpretrain import its multimodal models,
     # which fail on recent transformers releases (tools/setup_env.sh leaves it out too).
