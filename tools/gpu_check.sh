@@ -8,9 +8,10 @@
 #      venv made from a venv sees only the base interpreter's packages), except transformers
 #      (see install_env); the wheels installed into it with pip --no-index --no-deps.
 #   3. imports/: mmcv._ext imported in fresh subprocesses with PYTHONFAULTHANDLER=1, in several
-#      orders (torch first, alone, after a CUDA context, with cv2 first), then mmcv.ops, then the
-#      whole stack with mmcv's CUDA ops on known answers. A crash is run again under gdb (when
-#      there is one) and its backtrace saved; ldd/readelf/cuobjdump of the extension are saved.
+#      orders (torch first, alone, after a CUDA context, with cv2 first, the GPU hidden), then
+#      mmcv.ops, then the whole stack with mmcv's CUDA ops on known answers. A crash is run
+#      again under gdb (when there is one) and its backtrace saved; ldd/readelf/cuobjdump of the
+#      extension are saved.
 #   4. tests/test_cuda.py (junit XML) and, beside it, the mini main job on the GPU
 #      (tools/run_mini.py, two methods, default iterations).
 #   5. tools/benchmark.py on CUDA: fp32 fast vs reference path, mmcv's kernel vs the PyTorch
@@ -110,17 +111,20 @@ EXT=$(ls "$EXT"/_ext*.so 2>/dev/null | head -1)
     [[ -n "$EXT" && -n "$CUOBJDUMP" ]] && "$CUOBJDUMP" --list-elf "$EXT" | head -20
 } > "$OUT/imports/extension.txt" 2>&1
 IMPORT_OK=1
-probe() {  # probe NAME CODE: CODE in a fresh interpreter; a crash is run again under gdb
-    local name=$1 code=$2 rc
-    timeout -k 5 60 "$VPY" -c "$code" > "$OUT/imports/$name.log" 2>&1
+GDB_RUNS=0
+probe() {  # probe NAME CODE [VAR=VALUE...]: CODE in a fresh interpreter; a crash (the first two)
+    local name=$1 code=$2 rc  # is run again under gdb
+    shift 2
+    env "$@" timeout -k 5 60 "$VPY" -c "$code" > "$OUT/imports/$name.log" 2>&1
     rc=$?
     if (( rc > 128 && rc != 137 )); then
         note "import probe $name: CRASHED (signal $((rc - 128))); Python's traceback in imports/$name.log"
-        if command -v gdb > /dev/null; then
-            timeout -k 5 120 gdb -batch -ex run -ex bt -ex 'info sharedlibrary' \
-                --args "$VPY" -c "$code" > "$OUT/imports/$name.gdb.txt" 2>&1
+        if command -v gdb > /dev/null && (( GDB_RUNS < 2 )); then
+            GDB_RUNS=$((GDB_RUNS + 1))
+            env "$@" timeout -k 5 90 gdb -batch -ex 'set pagination off' -ex run -ex 'bt 60' \
+                -ex 'info sharedlibrary' --args "$VPY" -c "$code" > "$OUT/imports/$name.gdb.txt" 2>&1
             note "  gdb backtrace: imports/$name.gdb.txt"
-        else
+        elif ! command -v gdb > /dev/null; then
             note "  no gdb on this machine: only the Python traceback"
         fi
     elif (( rc != 0 )); then
@@ -134,6 +138,7 @@ probe torch_then_ext 'import torch, mmcv._ext; print("ok", torch.__version__)'
 probe ext_alone 'import mmcv._ext; print("ok")'
 probe cuda_context_then_ext 'import torch; torch.zeros(1, device="cuda") if torch.cuda.is_available() else None; import mmcv._ext; print("ok")'
 probe cv2_first 'import cv2, torch, mmcv._ext; print("ok", cv2.__version__)'
+probe gpu_hidden 'import torch, mmcv._ext; print("ok")' CUDA_VISIBLE_DEVICES=
 probe ops 'import torch, mmcv, mmcv.ops; from mmcv.ops import get_compiling_cuda_version as v, get_compiler_version as c; print(mmcv.__file__, v(), c())' || IMPORT_OK=0
 probe stack "
 import torch, mmdet, mmseg, mmpretrain, mmengine, pe_dense
