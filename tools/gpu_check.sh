@@ -85,7 +85,8 @@ install_env() {
     # python3's packages as links in one folder, on the venv's path after its own packages,
     # without transformers: beside pycocotools it makes mmpretrain import its multimodal models,
     # which fail on recent transformers releases (tools/setup_env.sh leaves it out too).
-    "$PY" -c 'import site; print("\n".join(site.getsitepackages()))' | while read -r site; do
+    "$PY" -c 'import os, sys; print("\n".join(p for p in sys.path if os.path.basename(p) in ("site-packages", "dist-packages")))' |
+    while read -r site; do
         for entry in "$site"/*; do
             case "$(basename "$entry")" in transformers|transformers-*|*.pth) continue ;; esac
             [[ -e "$view/$(basename "$entry")" ]] || ln -s "$entry" "$view/"
