@@ -4,9 +4,10 @@
 # travels with the working tree and holds what the machine lacks. Steps, each with a timeout cut
 # to what is left of the budget, each logged under $OUT:
 #   1. env.txt: GPU, driver, Python, torch, the packages already there.
-#   2. a venv that sees python3's packages (a .pth file: python3 is itself a venv there, and a
-#      venv made from a venv sees only the base interpreter's packages), except transformers
-#      (see install_env); the wheels installed into it with pip --no-index --no-deps.
+#   2. a venv that sees what python3 sees (through a .pth file: python3 is itself a venv there,
+#      and `venv --system-site-packages` from a venv gives the base interpreter's packages, not
+#      the venv's), except transformers (see install_env); the wheels installed into it with
+#      pip --no-index --no-deps.
 #   3. imports/: mmcv._ext imported in fresh subprocesses with PYTHONFAULTHANDLER=1, in several
 #      orders (torch first, alone, after a CUDA context, with cv2 first, the GPU hidden), then
 #      mmcv.ops, then the whole stack with mmcv's CUDA ops on known answers. A crash is run
@@ -80,11 +81,11 @@ install_env() {
     local view="$VENV/image-site" site entry
     rm -rf "$VENV"
     # Without ensurepip, the venv runs the image's pip (it sees it through the links below).
-    { "$PY" -m venv --system-site-packages "$VENV" ||
-      "$PY" -m venv --system-site-packages --without-pip "$VENV"; } && mkdir -p "$view" || return 1
-    # python3's packages as links in one folder, on the venv's path after its own packages,
-    # without transformers: beside pycocotools it makes mmpretrain import its multimodal models,
-    # which fail on recent transformers releases (tools/setup_env.sh leaves it out too).
+    { "$PY" -m venv "$VENV" || "$PY" -m venv --without-pip "$VENV"; } && mkdir -p "$view" || return 1
+    # Every package folder on python3's path (its venv's, and the system's if that venv includes
+    # them) as links in one folder, on the venv's path after its own packages; without
+    # transformers: beside pycocotools it makes mmpretrain import its multimodal models, which
+    # fail on recent transformers releases (tools/setup_env.sh leaves it out too).
     "$PY" -c 'import os, sys; print("\n".join(p for p in sys.path if os.path.basename(p) in ("site-packages", "dist-packages")))' |
     while read -r site; do
         for entry in "$site"/*; do
