@@ -186,7 +186,7 @@ jobs=$(nproc)
 export MAX_JOBS="${MAX_JOBS:-$jobs}"
 say "no cached wheel in $WHEEL_DIR: building mmcv $MMCV_VERSION ($OPS ops) from source:"
 say "$n_cpp C++ files and $n_cu CUDA files with MAX_JOBS=$MAX_JOBS. Measured: CPU ops 15-20 minutes on"
-say "2 cores; CUDA ops for one architecture, see the README. Done once per machine (the wheel is"
+say "2 cores; CUDA ops for one architecture: see docs/install.md. Done once per machine (the wheel is"
 say "cached). Full log: $BUILD/build.log"
 start=$(date +%s)
 (cd "$SRC" && MMCV_WITH_OPS=1 PYTHONUNBUFFERED=1 "$PY" -m pip wheel -v --no-build-isolation --no-deps \
