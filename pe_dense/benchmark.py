@@ -6,7 +6,8 @@ command line:
     python tools/benchmark.py [--config CFG] [--methods AbsolutePE PVG ...]
         [--sizes 512x512 1024x1024 1333x800] [--batch 1] [--device cpu|cuda] [--threads N]
         [--repeats 7] [--warmup 2] [--reference | --compare] [--with-cp] [--clock wall|cpu]
-        [--amp off|fp16|bf16] [--no-train] [--no-memory] [--no-flops] [--out work_dirs/benchmark]
+        [--amp off|fp16|bf16] [--cuda-sampler kernel|pytorch] [--no-train] [--no-memory]
+        [--no-flops] [--out work_dirs/benchmark]
 
 The backbone is ``cfg.model.backbone`` of ``--config`` (``pos_embed`` replaced by each method,
 ``init_cfg`` dropped: random weights) or, without ``--config``, ``ViTAdapter()``'s defaults
@@ -40,6 +41,10 @@ path:
   runs after it, as mmengine's ``AmpOptimWrapper`` does; no loss scaling, which timing does not
   need). One precision per run, recorded as ``amp`` and ``precision`` in the JSON meta and in the
   Markdown header. float16 autocast is a GPU feature: on the CPU only ``bf16`` is accepted.
+- ``--cuda-sampler pytorch`` (CUDA): deformable attention samples with pe-dense's PyTorch
+  samplers instead of mmcv's CUDA kernel (:func:`pe_dense.models.ops.pytorch_sampler_on_cuda`),
+  as with an mmcv built without CUDA ops; the default ``kernel`` uses mmcv's kernel when mmcv has
+  its CUDA ops. What ran is recorded as ``sampler`` in the JSON meta and the Markdown header.
 - **parameters**, and **GMACs** of one forward of the batch (multiply-accumulates, mmengine's
   ``FlopAnalyzer``, traced on the reference path, whose attention is explicit matmuls; a bilinear
   sample counts as 4 MACs per value; element-wise operations are not counted; traced in float32
@@ -74,6 +79,8 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import torch
 
 from pe_dense.models import ViTAdapter
+from pe_dense.models.ops import ms_deform_attn as msda
+from pe_dense.models.ops import pytorch_sampler_on_cuda
 
 # The folder that holds the pe_dense package: the memory subprocesses import the same copy.
 PACKAGE_PARENT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -86,6 +93,9 @@ METHODS = ('AbsolutePE', 'NoPE', 'PEG', 'LaPE', 'PVG', 'MPVG', 'RoPEAxial', 'RoP
 DEFAULT_SIZES = ('512x512', '1024x1024', '1333x800')
 # --amp choices: the autocast dtype (None: no autocast, float32 throughout).
 AMP_DTYPES = {'off': None, 'fp16': torch.float16, 'bf16': torch.bfloat16}
+# --cuda-sampler choices: deformable attention on CUDA with mmcv's kernel (when mmcv has its CUDA
+# ops) or with the PyTorch samplers.
+CUDA_SAMPLERS = ('kernel', 'pytorch')
 MiB = 1024 * 1024
 
 
@@ -311,7 +321,7 @@ def check_options(repeats: int = 7, warmup: int = 2, batch: int = 1, clock: str 
                   device: str = 'cpu', amp: str = 'off', with_cp: bool = False,
                   train: bool = True, sizes: Sequence[str] = (),
                   methods: Sequence[str] = METHODS, threads: Optional[int] = None,
-                  config: Optional[str] = None) -> None:
+                  config: Optional[str] = None, cuda_sampler: str = 'kernel') -> None:
     """Raises ValueError, with the command-line option names, for settings that cannot run: also
     a size that is not ``WxH`` or under 32 pixels a side (ViTAdapter's smallest input), an unknown
     method, ``threads`` below 1, a config file that does not exist."""
@@ -342,6 +352,12 @@ def check_options(repeats: int = 7, warmup: int = 2, batch: int = 1, clock: str 
                          'the CPU use --amp bf16 (bfloat16 autocast) or leave --amp off')
     if with_cp and not train:
         raise ValueError('--with-cp measures training; it cannot go with --no-train')
+    if cuda_sampler not in CUDA_SAMPLERS:
+        raise ValueError(f'--cuda-sampler must be one of {list(CUDA_SAMPLERS)}, got '
+                         f'{cuda_sampler!r}')
+    if cuda_sampler == 'pytorch' and device.split(':')[0] != 'cuda':
+        raise ValueError('--cuda-sampler pytorch is for --device cuda (the CPU always uses the '
+                         'PyTorch samplers)')
 
 
 def fmt(value: Optional[float], spec: str = '.1f') -> str:
@@ -360,6 +376,7 @@ def markdown(meta: dict, records: List[dict], compare: bool = False,
              f" times: {meta['clock']} clock (OMP_WAIT_POLICY={meta['omp_wait_policy']})",
              f"- torch {meta['torch']}; {meta['date']}; load average before: {meta['load']}",
              *([f"- precision: {meta['precision']}"] if meta['amp'] != 'off' else []),
+             *([f"- deformable attention: {meta['sampler']}"] if 'sampler' in meta else []),
              f"- memory: {meta['memory_method']}", f"- command: `{meta['command']}`", '',
              '| size (WxH) | method | path | params (M) | GMACs | fwd (ms) | img/s '
              '| fwd+bwd (ms) | fwd peak (MiB) | train peak (MiB) | fwd vs Abs | fwd+bwd vs Abs |',
@@ -411,7 +428,8 @@ def run_benchmark(config: Optional[str] = None, methods: Sequence[str] = METHODS
                   reference: bool = False, compare: bool = False, with_cp: bool = False,
                   clock: str = 'wall', amp: str = 'off', train: bool = True, memory: bool = True,
                   flops: bool = True, load: Optional[str] = None,
-                  command: Optional[str] = None) -> Tuple[dict, List[dict]]:
+                  command: Optional[str] = None,
+                  cuda_sampler: str = 'kernel') -> Tuple[dict, List[dict]]:
     """Builds every model (``methods`` x paths) and measures them at each size, as the module
     docstring describes; prints one progress line per model and size.
 
@@ -427,6 +445,8 @@ def run_benchmark(config: Optional[str] = None, methods: Sequence[str] = METHODS
         amp: 'off', 'fp16' (CUDA) or 'bf16': ``torch.autocast`` around every pass.
         train, memory, flops: also measure forward+backward, peak memory, MACs.
         load, command: recorded in ``meta`` (None: the load average now, ``sys.argv``).
+        cuda_sampler: 'kernel' (mmcv's CUDA kernel when mmcv has its CUDA ops) or 'pytorch'
+            (pe-dense's PyTorch samplers on CUDA tensors; CUDA only).
 
     Returns:
         ``meta`` (device, versions, settings) and one record per (size, method, path) with
@@ -441,7 +461,12 @@ def run_benchmark(config: Optional[str] = None, methods: Sequence[str] = METHODS
         SystemExit: ``device`` is CUDA and no CUDA device is available.
     """
     check_options(repeats, warmup, batch, clock, device, amp, with_cp, train, sizes, methods,
-                  threads, config)
+                  threads, config, cuda_sampler)
+    if cuda_sampler == 'pytorch':
+        with pytorch_sampler_on_cuda():
+            return run_benchmark(config, methods, sizes, batch, device, threads, repeats, warmup,
+                                 reference, compare, with_cp, clock, amp, train, memory, flops,
+                                 load, command)
     if load is None:
         load = (' '.join(f'{v:.2f}' for v in os.getloadavg()) if hasattr(os, 'getloadavg')
                 else 'n/a')
@@ -506,6 +531,7 @@ def run_benchmark(config: Optional[str] = None, methods: Sequence[str] = METHODS
                 omp_wait_policy=os.environ.get('OMP_WAIT_POLICY', 'unset'),
                 torch=torch.__version__, date=datetime.datetime.now().isoformat(timespec='seconds'),
                 load=load, command=command, amp=amp, precision=_precision(amp),
+                sampler=_sampler(device),
                 memory_method=('cuda max_memory_allocated above the allocation before the pass'
                                if device.type == 'cuda' else
                                'CPU peak RSS above RSS before the pass, fresh subprocess per '
@@ -545,6 +571,17 @@ def _precision(amp: str) -> str:
         return 'float32'
     dtype = str(AMP_DTYPES[amp]).replace('torch.', '')
     return f'{dtype} autocast, float32 weights; MACs traced in float32'
+
+
+def _sampler(device: torch.device) -> str:
+    """What sampled deformable attention in this run."""
+    if device.type != 'cuda':
+        return 'PyTorch sampler (CPU)'
+    if msda._KERNEL_OFF[0]:
+        return 'PyTorch sampler on CUDA (--cuda-sampler pytorch)'
+    if not msda.mmcv_has_cuda_ops():
+        return 'PyTorch sampler on CUDA (this mmcv has no CUDA ops)'
+    return "mmcv's CUDA kernel"
 
 
 def _device_name(device: torch.device) -> str:

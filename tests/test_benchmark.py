@@ -34,6 +34,8 @@ def test_sizes_are_width_by_height():
     (dict(threads=0), '--threads must be >= 1'),
     (dict(config='/nonexistent/cfg.py'), '--config /nonexistent/cfg.py does not exist'),
     (dict(clock='gpu'), "--clock must be 'wall' or 'cpu'"),
+    (dict(cuda_sampler='pytorch'), '--cuda-sampler pytorch is for --device cuda'),
+    (dict(cuda_sampler='triton', device='cuda'), '--cuda-sampler must be one of'),
 ])
 def test_options_that_cannot_run_are_refused(options, message):
     with pytest.raises(ValueError, match=message):
@@ -45,6 +47,7 @@ def test_options_that_can_run_pass():
     benchmark.check_options(clock='cpu', amp='bf16', with_cp=True)
     benchmark.check_options(device='cuda:1', amp='fp16', repeats=1, warmup=0)
     benchmark.check_options(sizes=['32x32', '1333x800'], methods=['RoPEAxial'], threads=1)
+    benchmark.check_options(device='cuda', amp='bf16', cuda_sampler='pytorch')
 
 
 def test_models_timed_per_method():
@@ -112,7 +115,9 @@ def test_a_tiny_run_on_the_cpu(one_thread):
         assert r['img_per_s'] == pytest.approx(1e3 / r['fwd_ms'], rel=1e-12)
         assert r['gmacs'] is None and 'fwd_peak_mib' not in r
     assert (meta['batch'], meta['repeats'], meta['threads'], meta['command'],
-            meta['precision']) == (1, 2, 1, 'test', 'float32')
+            meta['precision'], meta['sampler']) == (1, 2, 1, 'test', 'float32',
+                                                    'PyTorch sampler (CPU)')
+    assert '- deformable attention: PyTorch sampler (CPU)' in benchmark.markdown(meta, records)
 
 
 def test_cpu_peak_memory_in_a_fresh_process():

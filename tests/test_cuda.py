@@ -26,7 +26,7 @@ from helpers import (DETECTION, METHODS, SEGMENTATION, perturbed, randomize, rel
 from mmcv.ops.multi_scale_deform_attn import (MultiScaleDeformableAttnFunction,
                                               multi_scale_deformable_attn_pytorch)
 
-from pe_dense.models.ops import MSDeformAttn, ms_deform_attn_gather
+from pe_dense.models.ops import MSDeformAttn, ms_deform_attn_gather, pytorch_sampler_on_cuda
 from pe_dense.models.ops import ms_deform_attn as msda_module
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -201,6 +201,34 @@ def test_gather_sampler_on_cuda_when_mmcv_has_no_cuda_ops(seed, shapes, d, monke
     assert got[0].is_cuda
     for g, w in zip(got, want):
         assert scaled_error(g, w) <= FP64_TOL['grad']
+
+
+def test_pytorch_sampler_on_cuda_switches_the_kernel_off_and_back(kernel_spy):
+    """Inside ``pytorch_sampler_on_cuda()`` (tools/benchmark.py --cuda-sampler pytorch) CUDA
+    tensors take the gather sampler, with the kernel's values and gradients (float64); outside it,
+    and after an exception inside it, the kernel samples again."""
+    seed, shapes, d = SAMPLER_CASES[0]
+    inputs, upstream = sampler_inputs(seed, shapes, d)
+    spatial = torch.tensor(shapes).cuda()
+    starts = torch.cat([spatial.new_zeros(1), spatial.prod(1).cumsum(0)[:-1]])
+
+    def sample():
+        return run_sampler(
+            lambda v, x, w: msda_module.ms_deform_attn_sample(v, spatial, starts, x, w),
+            [t.cuda() for t in inputs], upstream.cuda())
+
+    with pytorch_sampler_on_cuda():
+        pytorch = sample()
+    assert kernel_spy.calls == []
+    kernel = sample()
+    assert len(kernel_spy.calls) == 1
+    for a, b in zip(pytorch, kernel):
+        assert a.is_cuda and scaled_error(a, b) <= FP64_TOL['grad']
+    with pytest.raises(RuntimeError, match='inside'):
+        with pytorch_sampler_on_cuda():
+            raise RuntimeError('inside')
+    sample()
+    assert len(kernel_spy.calls) == 2
 
 
 def deform_attn_case(seed=0):

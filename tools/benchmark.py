@@ -3,7 +3,8 @@
     python tools/benchmark.py [--config CFG] [--methods AbsolutePE PVG ...]
         [--sizes 512x512 1024x1024 1333x800] [--batch 1] [--device cpu|cuda] [--threads N]
         [--repeats 7] [--warmup 2] [--reference | --compare] [--with-cp] [--clock wall|cpu]
-        [--amp off|fp16|bf16] [--no-train] [--no-memory] [--no-flops] [--out work_dirs/benchmark]
+        [--amp off|fp16|bf16] [--cuda-sampler kernel|pytorch] [--no-train] [--no-memory]
+        [--no-flops] [--out work_dirs/benchmark]
 
 The Markdown table is printed and written with the JSON record to ``--out`` (``benchmark.md``,
 ``benchmark.json``). What is measured and how (interleaved rounds, CPU peak memory in fresh
@@ -22,8 +23,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
-from pe_dense.benchmark import (AMP_DTYPES, DEFAULT_SIZES, METHODS,  # noqa: E402
-                                check_options, markdown, run_benchmark)
+from pe_dense.benchmark import (AMP_DTYPES, CUDA_SAMPLERS, DEFAULT_SIZES,  # noqa: E402
+                                METHODS, check_options, markdown, run_benchmark)
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
@@ -50,6 +51,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument('--amp', choices=tuple(AMP_DTYPES), default='off',
                         help='run every pass under torch.autocast in this precision: fp16 '
                         '(CUDA) or bf16 (CUDA or CPU); default: %(default)s (float32)')
+    parser.add_argument('--cuda-sampler', choices=CUDA_SAMPLERS, default='kernel',
+                        help="deformable attention on CUDA: mmcv's kernel (when mmcv has its "
+                        'CUDA ops) or the PyTorch samplers; default: %(default)s')
     parser.add_argument('--no-train', action='store_true', help='skip forward+backward')
     parser.add_argument('--no-memory', action='store_true', help='skip peak memory')
     parser.add_argument('--no-flops', action='store_true', help='skip the MAC count')
@@ -59,7 +63,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     try:
         check_options(args.repeats, args.warmup, args.batch, args.clock, args.device, args.amp,
                       args.with_cp, not args.no_train, args.sizes, args.methods, args.threads,
-                      args.config)
+                      args.config, args.cuda_sampler)
     except ValueError as e:
         parser.error(str(e))
     return args
@@ -71,7 +75,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         meta, records = run_benchmark(
             args.config, args.methods, args.sizes, args.batch, args.device, args.threads,
             args.repeats, args.warmup, args.reference, args.compare, args.with_cp, args.clock,
-            args.amp, train=not args.no_train, memory=not args.no_memory, flops=not args.no_flops)
+            args.amp, train=not args.no_train, memory=not args.no_memory, flops=not args.no_flops,
+            cuda_sampler=args.cuda_sampler)
     except ValueError as e:  # a config whose backbone is not a ViTAdapter
         raise SystemExit(f'error: {e}')
     table = markdown(meta, records, args.compare, args.with_cp)

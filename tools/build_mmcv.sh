@@ -24,6 +24,14 @@
 set -Eeuo pipefail
 
 PY=${1:?usage: tools/build_mmcv.sh PYTHON}
+# The build runs PYTHON from inside the unpacked source: make a relative path absolute (without
+# resolving links: a venv's python is a link that must stay the venv's) and a bare name a path.
+if [[ "$PY" == */* ]]; then
+    [[ -x "$PY" ]] || { echo "[setup] $PY is not an executable Python" >&2; exit 1; }
+    PY="$(cd "$(dirname "$PY")" && pwd)/$(basename "$PY")"
+else
+    PY=$(command -v "$PY") || { echo "[setup] no '$1' on the PATH" >&2; exit 1; }
+fi
 CACHE="${PE_DENSE_CACHE:-$HOME/.cache/pe-dense}"
 MMCV_VERSION=2.1.0
 MMCV_SHA256=d387bcab66b467479b6660310e23746cfc79c6e57acf04094680adb499a5cd3f
@@ -157,6 +165,14 @@ SRC="$BUILD/mmcv-$MMCV_VERSION"
 if ! "$PY" -c 'import pkg_resources' 2>/dev/null; then
     "$PY" -m pip install --disable-pip-version-check --progress-bar off -q 'setuptools<70' >&2
 fi
+# setuptools < 70 writes wheels through the wheel package, and torch's builder wants ninja (without
+# it the files compile one after another); a fresh Python such as a GPU image's may have neither.
+"$PY" -c 'import wheel' 2>/dev/null ||
+    "$PY" -m pip install --disable-pip-version-check --progress-bar off -q wheel >&2 ||
+    die "the wheel package is missing and could not be installed: pip install wheel"
+"$PY" -c 'import ninja' 2>/dev/null ||
+    "$PY" -m pip install --disable-pip-version-check --progress-bar off -q ninja >&2 ||
+    say "no ninja: the files compile one at a time"
 # torch >= 2.10 headers need C++20; mmcv 2.1.0 hard-codes -std=c++17 for torch > 1.12 (for the
 # C++ and the CUDA compiler). Raise the flag in the recipe.
 sed -i "s/'-std=c++17'/'-std=c++20'/g" "$SRC/setup.py"
@@ -170,7 +186,7 @@ jobs=$(nproc)
 export MAX_JOBS="${MAX_JOBS:-$jobs}"
 say "no cached wheel in $WHEEL_DIR: building mmcv $MMCV_VERSION ($OPS ops) from source:"
 say "$n_cpp C++ files and $n_cu CUDA files with MAX_JOBS=$MAX_JOBS. Measured: CPU ops 15-20 minutes on"
-say "2 cores; CUDA ops for one architecture, see the README. Done once per machine (the wheel is"
+say "2 cores; CUDA ops for one architecture: see docs/install.md. Done once per machine (the wheel is"
 say "cached). Full log: $BUILD/build.log"
 start=$(date +%s)
 (cd "$SRC" && MMCV_WITH_OPS=1 PYTHONUNBUFFERED=1 "$PY" -m pip wheel -v --no-build-isolation --no-deps \

@@ -3,7 +3,8 @@
 Three implementations of the sampling, all bilinear with zero padding and ``align_corners=False``:
 
 - CUDA tensors: mmcv's kernel (``MultiScaleDeformableAttnFunction``) when mmcv was built with
-  CUDA ops, else the gather path below (which runs on any device);
+  CUDA ops (and :func:`pytorch_sampler_on_cuda` is not in force), else the gather path below
+  (which runs on any device);
 - CPU, fast path (default): :func:`ms_deform_attn_gather`, one gather over all levels at once;
 - CPU, reference path: mmcv's PyTorch form (``multi_scale_deformable_attn_pytorch``: one
   ``grid_sample`` per level on ``(B*M, D, H, W)`` values), kept for tests and comparisons, and
@@ -19,10 +20,11 @@ adapter's ``ratio`` (value channels = ``ratio * d_model``).
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 import warnings
-from typing import List, Optional, Sequence, Tuple, Union
+from typing import Iterator, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -32,6 +34,8 @@ from torch import Tensor, nn
 
 # (H_l, W_l) of each level: an ``(L, 2)`` long tensor or a sequence of pairs of Python ints.
 Shapes = Union[Tensor, Sequence[Tuple[int, int]]]
+# Set by pytorch_sampler_on_cuda(): CUDA tensors then skip mmcv's kernel.
+_KERNEL_OFF = [False]
 
 
 def level_shapes(spatial_shapes: Shapes) -> List[Tuple[int, int]]:
@@ -59,7 +63,7 @@ def ms_deform_attn_sample(value: Tensor, spatial_shapes: Tensor, level_start_ind
         im2col_step: batch chunk of the CUDA kernel.
         fast_path: on the CPU, :func:`ms_deform_attn_gather` (True) or mmcv's per-level
             ``grid_sample`` form (False). CUDA tensors use mmcv's kernel (either path) when mmcv
-            has its CUDA ops.
+            has its CUDA ops, outside :func:`pytorch_sampler_on_cuda`.
         shapes: the same (H_l, W_l) as Python ints, if the caller has them: the CPU paths then
             read no tensor values, which keeps sizes symbolic under ``torch.export``.
 
@@ -71,7 +75,7 @@ def ms_deform_attn_sample(value: Tensor, spatial_shapes: Tensor, level_start_ind
     with torch.autocast(value.device.type, enabled=False):
         value, sampling_locations, attention_weights = _at_least_float32(
             value, sampling_locations, attention_weights)
-        if value.is_cuda and mmcv_has_cuda_ops():
+        if value.is_cuda and not _KERNEL_OFF[0] and mmcv_has_cuda_ops():
             out = MultiScaleDeformableAttnFunction.apply(value, spatial_shapes, level_start_index,
                                                          sampling_locations, attention_weights,
                                                          im2col_step)
@@ -90,6 +94,21 @@ def mmcv_has_cuda_ops() -> bool:
     """Whether the installed mmcv was compiled with its CUDA kernels."""
     from mmcv.ops import get_compiling_cuda_version
     return get_compiling_cuda_version() != 'not available'
+
+
+@contextlib.contextmanager
+def pytorch_sampler_on_cuda() -> Iterator[None]:
+    """Within this context CUDA tensors take the PyTorch samplers (the gather form on the fast
+    path, mmcv's per-level ``grid_sample`` form on the reference path) even when mmcv has its CUDA
+    kernel: what an mmcv built without CUDA ops runs, for timing the two against each other
+    (``tools/benchmark.py --cuda-sampler pytorch``). Not thread-local; restores the previous
+    setting on exit."""
+    before = _KERNEL_OFF[0]
+    _KERNEL_OFF[0] = True
+    try:
+        yield
+    finally:
+        _KERNEL_OFF[0] = before
 
 
 def _at_least_float32(*tensors: Tensor) -> Tuple[Tensor, ...]:
