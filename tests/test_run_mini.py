@@ -100,7 +100,8 @@ def test_seed_summary_means_spreads_and_paired_differences():
     assert diff['sd']['bbox_mAP'] == pytest.approx(0.1)
     assert diff['sd']['mIoU'] == pytest.approx((14 / 2) ** 0.5)  # deviations -2, 3, -1
     lines = mini_pipeline.summary_table([pre, random, diff]).splitlines()
-    assert lines[2] == '| PVG | pre-trained | 3 | 70.0 ± 10.0 | 0.400 ± 0.100 | 0.300 ± 0.100 | 53.00 ± 3.00 |'
+    assert lines[2] == ('| PVG | pre-trained | 3 | 70.0 ± 10.0 | 0.400 ± 0.100 | 0.300 ± 0.100 | '
+                        '53.00 ± 3.00 |')
     assert lines[3].startswith('| PVG | random | 3 | - | 0.200 ± 0.100 | ')
     assert lines[4] == ('| PVG | pre-trained - random | 3 | - | +0.200 ± 0.100 | '
                         '+0.200 ± 0.100 | +12.00 ± 2.65 |')

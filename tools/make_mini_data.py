@@ -1,7 +1,7 @@
 """Writes three small synthetic datasets in the real COCO 2017, ADE20K and ImageNet on-disk layouts.
 
-    python tools/make_mini_data.py --out data/mini --seed 0 --num-train 128 --num-val 64 --size 128 \
-        --cls-train 256 --cls-val 64 [--cls-size 64]
+    python tools/make_mini_data.py --out data/mini --seed 0 --num-train 128 --num-val 64 \
+        --size 128 --cls-train 256 --cls-val 64 [--cls-size 64]
 
 What the images show, the layouts, the labels and ``meta.json`` (a dataset whose ``meta.json``
 records the same arguments is kept unless ``--force``) are described in

@@ -10,7 +10,8 @@
 # and the dense models resample the table to their 8 x 8 grid in the forward pass, as ViT-Adapter
 # resamples DeiT's 14 x 14 table. What differs from DeiT's ImageNet recipe is what the budget asks
 # for: the resolution, no drop path, no RandAugment / Mixup / CutMix / random erasing / label
-# smoothing, batch 32, a schedule of 300 iterations (top-1 87-88 % on seed 0: docs/mini_pipeline.md).
+# smoothing, batch 32, a schedule of 300 iterations (top-1 87-88 % on seed 0:
+# docs/mini_pipeline.md).
 _base_ = ['mmpretrain::_base_/default_runtime.py']
 
 custom_imports = dict(imports=['pe_dense'], allow_failed_imports=False)
