@@ -5,10 +5,11 @@ colours) and bright, upright filled shapes: circles, squares and triangles, each
 on its own (any hue; :func:`random_colour`), so that in no dataset does colour tell the class: a
 model has to tell the shapes apart by their outline. Why bright on dark and upright: see the
 comment above ``SATURATION`` (and docs/mini_pipeline.md). In the COCO and ADE20K sets, 1-4
-non-overlapping shapes per image. The ImageNet set is object-centric: one shape per image, its class the shape, on an image
-half the side of a dense image (64 x 64 for 128 x 128), so that the shape has the size of the
-dense sets' shapes in pixels and in 16-pixel patches (``DENSE_RADIUS``, ``OBJECT_RADIUS``): what
-the classifier learns to recognise is what the detector and the segmenter have to find.
+non-overlapping shapes per image. The ImageNet set is object-centric: one shape per image, its
+class the shape, on an image half the side of a dense image (64 x 64 for 128 x 128), so that the
+shape has the size of the dense sets' shapes in pixels and in 16-pixel patches (``DENSE_RADIUS``,
+``OBJECT_RADIUS``): what the classifier learns to recognise is what the detector and the
+segmenter have to find.
 mmdet's ``CocoDataset``, mmseg's ``ADE20KDataset`` and mmpretrain's ``ImageNet`` read the output
 unchanged.
 
