@@ -299,7 +299,7 @@ def test_main_job_runs_and_writes_the_table(tmp_path):
     dumped = Config.fromfile(str(work_dir / 'mpvg_det' /
                                  'mask-rcnn_vit-adapter-ti-mpvg_fpn_mini.py'))
     assert dumped.param_scheduler[1].end == 2 and dumped.param_scheduler[1].T_max == 2
-    assert '[mini] MPVG det (pre-trained): box AP' in proc.stdout
+    assert '[mini] MPVG det (pre-trained) [seed 0]: box AP' in proc.stdout
     # the pre-trained segmentor evaluated at 0.5x, 1x and 2x of the test resolution; its 1x row
     # is the end-of-training evaluation of the same checkpoint
     sweep = pretrained['sweep']
