@@ -119,6 +119,17 @@ if [[ "$WANT_CUDA" == 1 ]]; then
         [[ -e "$home/lib/libcudart.so" ]] || ln -s "$(basename "$(ls "$home"/lib/libcudart.so.* | head -1)")" "$home/lib/libcudart.so"
         CUDA_HOME=$(find_cuda_home) || die "the installed compiler in $target does not run"
     fi
+    # Each named architecture must be one this nvcc compiles for (CUDA 13 dropped those before
+    # 7.5): refuse a wrong one now rather than minutes into the build. Forms: 9.0, 9.0a, 8.6+PTX.
+    supported=$("$CUDA_HOME/bin/nvcc" --list-gpu-arch 2>/dev/null | sed -n 's/^compute_\([0-9]*\)$/\1/p' | tr '\n' ' ')
+    if [[ -n "$supported" ]]; then
+        for arch in $(echo "$ARCHS" | tr ';' ' '); do
+            num=$(echo "${arch%+PTX}" | sed -n 's/^\([0-9]*\)\.\([0-9]\)[af]\{0,1\}$/\1\2/p')
+            if [[ -z "$num" || " $supported " != *" $num "* ]]; then
+                die "TORCH_CUDA_ARCH_LIST names '$arch', which nvcc $(nvcc_major "$CUDA_HOME/bin/nvcc") at $CUDA_HOME cannot compile for. It compiles for: $(echo "$supported" | sed 's/\([0-9]\)\([0-9]\) /\1.\2 /g')written as X.Y (sm_90 is 9.0), optionally with an 'a' suffix (9.0a) or '+PTX'; separate several with ';'."
+            fi
+        done
+    fi
     export CUDA_HOME FORCE_CUDA=1 TORCH_CUDA_ARCH_LIST="$ARCHS"
     say "CUDA build: nvcc $("$CUDA_HOME/bin/nvcc" --version | sed -n 's/.*release \([0-9.]*\).*/\1/p') at $CUDA_HOME, architectures $ARCHS"
     # torch's CUDA headers include cusparse.h etc.; pip-installed CUDA keeps them in nvidia/*.
@@ -132,6 +143,8 @@ else
     export CUDA_VISIBLE_DEVICES='' FORCE_CUDA=0
 fi
 
+[[ -z "${MMCV_SDIST:-}" || -f "$MMCV_SDIST" ]] ||
+    die "MMCV_SDIST=$MMCV_SDIST: no such file (unset it to fetch mmcv-$MMCV_VERSION.tar.gz from the package index)"
 BUILD=$(mktemp -d "${TMPDIR:-/tmp}/pe-dense-mmcv.XXXXXX")
 SDIST="$BUILD/mmcv-$MMCV_VERSION.tar.gz"
 if [[ -n "${MMCV_SDIST:-}" ]]; then
