@@ -210,7 +210,8 @@ def killed_run(data, work, hook):
                       "custom_imports = dict(imports=['pe_dense', 'kill_hooks'], "
                       "allow_failed_imports=False)\n"
                       f"custom_hooks = [{hook!r}]\n")
-    env = dict(os.environ, PYTHONPATH=osp.join(ROOT, 'tests'))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        filter(None, [osp.join(ROOT, 'tests'), os.environ.get('PYTHONPATH')])))
     proc = subprocess.run([sys.executable, 'tools/train.py', str(config), '--work-dir', str(work)]
                           + resume_options(data), cwd=ROOT, capture_output=True, text=True,
                           env=env, timeout=900)

@@ -453,7 +453,8 @@ def test_tools_with_a_deit_file_as_load_from_stop_with_the_init_cfg_line(files, 
         [mmdet_test, config, deit, '--work-dir', str(tmp_path / 'c'), '--cfg-options', *data,
          "custom_imports.imports=['pe_dense']"],
     ]
-    env = dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS='1')
+    env = dict(os.environ, OMP_NUM_THREADS='1',
+               PYTHONPATH=os.pathsep.join(filter(None, [ROOT, os.environ.get('PYTHONPATH')])))
     for cmd in commands:
         proc = subprocess.run([sys.executable, *cmd], cwd=ROOT, capture_output=True, text=True,
                               env=env, timeout=600)
