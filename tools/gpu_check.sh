@@ -63,6 +63,7 @@ note "start $(date -u +%FT%TZ) on $(hostname); budget ${BUDGET} s; results in $O
     nvidia-smi 2>&1 || echo "no nvidia-smi"
     echo "--- $PY: $("$PY" -VV 2>&1)"
     "$PY" -c 'import torch; print("torch", torch.__version__, "CUDA", torch.version.cuda, "GPU", torch.cuda.is_available() and torch.cuda.get_device_name(0), "C++11 ABI", torch._C._GLIBCXX_USE_CXX11_ABI)' 2>&1
+    echo "--- OS: $(. /etc/os-release 2>/dev/null && echo "$PRETTY_NAME"); $(ldd --version 2>&1 | head -1); gcc: $(gcc --version 2>/dev/null | head -1 || echo none)"
     echo "--- TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-unset}; nvcc: $(command -v nvcc || ls /usr/local/cuda/bin/nvcc 2>/dev/null || echo none); gdb: $(command -v gdb || echo none)"
     "$PY" -m pip list 2>&1
 } > "$OUT/env.txt"
