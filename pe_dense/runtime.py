@@ -12,9 +12,9 @@ set-up for the project's tools.
 2. Distributed training on CPU. mmengine's ``init_dist`` calls ``torch.cuda.set_device`` and its
    DDP wrapper passes ``device_ids``, both of which fail without a GPU; :func:`setup_distributed`
    starts a gloo process group first and wraps without device ids. :func:`finish_distributed`
-   ends the process group before the interpreter exits: a gloo (or NCCL) group left to the
-   interpreter's shutdown can abort a rank ("terminate called without an active exception",
-   SIGABRT) after its work is done, which fails the whole torchrun job.
+   ends the process group and then the process, without the interpreter's shutdown: a gloo (or
+   NCCL) group destroyed during that shutdown can abort a rank ("terminate called without an
+   active exception", SIGABRT) after its work is done, which fails the whole torchrun job.
 
 :func:`add_run_args` and :func:`load_run_config` are the command-line pieces that
 ``tools/train.py`` and ``tools/test.py`` share.
@@ -64,13 +64,33 @@ def setup_distributed(cfg, launcher: str) -> None:
 
 
 def finish_distributed() -> None:
-    """Waits for every rank (a barrier) and destroys the default process group, if one was
-    started; call it after a run's work has ended without error (a rank that raised must not
-    wait at the barrier). Does nothing without a process group."""
+    """Ends a distributed run's process after its work has ended without error (a rank that
+    raised must not wait at the barrier); call it last. Without a process group it does nothing
+    and returns.
+
+    With one: collects garbage (the runner's DDP wrapper and its reducer hold the process group
+    in reference cycles), waits for every rank (a barrier), destroys the process group, flushes
+    the logs and the standard streams, and ends the process with status 0 through ``os._exit``.
+    A gloo (or NCCL) group, or a reducer holding one, destroyed during the interpreter's shutdown
+    can abort the rank ("terminate called without an active exception", SIGABRT) after its work
+    is done, which fails the whole torchrun job (seen in the test suite's torchrun run, also
+    once the group was destroyed before the shutdown); that shutdown is skipped this way.
+    mmengine has closed its visualizer and log files by then (``LoggerHook.after_run``)."""
+    import gc
+    import logging
+    import sys
+
     import torch.distributed as dist
-    if dist.is_available() and dist.is_initialized():
-        dist.barrier()
-        dist.destroy_process_group()
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    gc.collect()
+    dist.barrier()
+    dist.destroy_process_group()
+    gc.collect()
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()
+    os._exit(0)
 
 
 def add_run_args(parser: argparse.ArgumentParser) -> None:

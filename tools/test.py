@@ -47,7 +47,7 @@ def main():
         if args.out:
             with open(args.out, 'w') as f:
                 json.dump(metrics, f, indent=1)
-    finish_distributed()
+    finish_distributed()  # a distributed process ends here
 
 
 if __name__ == '__main__':

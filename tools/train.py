@@ -106,7 +106,7 @@ def main():
         Runner.from_cfg(cfg).train()
     except CheckpointLayoutError as err:  # a pre-trained file that would not load
         raise SystemExit(f'[pe-dense] {err}') from None
-    finish_distributed()
+    finish_distributed()  # a distributed process ends here
 
 
 if __name__ == '__main__':
