@@ -86,7 +86,6 @@ def finish_distributed() -> None:
     gc.collect()
     dist.barrier()
     dist.destroy_process_group()
-    gc.collect()
     logging.shutdown()
     for stream in (sys.stdout, sys.stderr):
         stream.flush()

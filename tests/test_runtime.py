@@ -18,7 +18,9 @@ logger = logging.getLogger('run')
 logger.addHandler(logging.FileHandler(log_file))
 logger.setLevel(logging.INFO)
 if world == '1':
-    dist.init_process_group('gloo', init_method='tcp://127.0.0.1:29541', rank=0, world_size=1)
+    # a file store: no TCP port that another process could hold
+    dist.init_process_group('gloo', init_method='file://' + log_file + '.store', rank=0,
+                            world_size=1)
 atexit.register(lambda: print('atexit ran'))
 logger.info('logged before the end')
 sys.stdout.write('written before the end')  # no newline: still in the buffer
